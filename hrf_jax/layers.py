@@ -8,6 +8,7 @@ chain back into one ``(K, b)`` for deployment.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -146,3 +147,286 @@ class FeedForward(nn.Module):
         h = self.activation(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         return self._dense(out, "fc2", "ffn2")(h)
+
+
+# --------------------------------------------------------------------------- backbone blocks
+
+HRF_TARGETS = ("ffn", "ffn2", "attn_in", "attn_out", "conv_pointwise", "merge", "head")
+BN_EPSILON = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class HRFSpec:
+    """Where HRF chains go (``targets``) and how they look; hashable, so modules can hold it.
+
+    Targets: ``ffn`` (first FFN linear), ``ffn2`` (second), ``attn_in`` (q/k/v), ``attn_out``,
+    ``conv_pointwise`` (Conformer pointwise convs), ``merge`` (SpeechFormer merge projections),
+    ``head`` (every linear of the classifier head).
+    """
+
+    ratio: float = 0
+    depth: int = 1
+    bias: bool = True
+    init: str = "variance_preserving"
+    base: str = "in"
+    targets: tuple[str, ...] = ("ffn",)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.targets) - set(HRF_TARGETS))
+        if unknown:
+            raise ValueError(f"unknown hrf_targets {unknown}; known targets are {HRF_TARGETS}")
+
+    def dense(self, features: int, target: str, name: str, use_bias: bool = True) -> HRFDense:
+        """An ``HRFDense`` that carries a chain only when ``target`` is selected."""
+        return HRFDense(
+            features,
+            use_bias=use_bias,
+            hrf_ratio=self.ratio if target in self.targets else 0,
+            hrf_depth=self.depth,
+            hrf_bias=self.bias,
+            hrf_init=self.init,
+            hrf_base=self.base,
+            name=name,
+        )
+
+    def ffn(
+        self, hidden: int, activation: Callable[[Array], Array], dropout: float, name: str
+    ) -> FeedForward:
+        """A ``FeedForward`` with this spec (``ffn``/``ffn2`` targets apply inside)."""
+        return FeedForward(
+            hidden,
+            activation=activation,
+            dropout=dropout,
+            hrf_ratio=self.ratio,
+            hrf_depth=self.depth,
+            hrf_bias=self.bias,
+            hrf_init=self.init,
+            hrf_base=self.base,
+            hrf_targets=self.targets,
+            name=name,
+        )
+
+
+def sinusoidal_encoding(positions: Array, dim: int) -> Array:
+    """Fixed sinusoidal encoding (Vaswani et al. 2017): positions ``(L,)`` -> ``(L, dim)``.
+
+    Channel ``j`` uses frequency ``10000^(-2*(j//2)/dim)``, sine on even and cosine on odd
+    channels; negative positions are allowed (relative encodings).
+    """
+    j = jnp.arange(dim)
+    inv_freq = jnp.power(10000.0, -2.0 * (j // 2) / dim)
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.where(j % 2 == 0, jnp.sin(angles), jnp.cos(angles))
+
+
+def zero_padding(x: Array, mask: Array) -> Array:
+    """Zeros padded frames: ``x (B, T, ...)``, ``mask (B, T)``; also clears NaN/inf there."""
+    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, 0)
+
+
+def masked_mean(x: Array, mask: Array) -> Array:
+    """Mean over real frames: ``(B, T, C), (B, T) -> (B, C)``; all-padding rows give zeros."""
+    total = zero_padding(x, mask).sum(axis=1)
+    count = jnp.maximum(mask.sum(axis=1, keepdims=True), 1).astype(x.dtype)
+    return total / count
+
+
+def lengths_after_conv(lengths: Array, kernel: int = 3, stride: int = 2) -> Array:
+    """Real-frame count after a VALID conv: output ``t`` is real iff its whole receptive field is.
+
+    ``(L - kernel) // stride + 1`` clipped at 0, so real outputs never read padded inputs.
+    """
+    return jnp.maximum((lengths - kernel) // stride + 1, 0)
+
+
+def length_mask(lengths: Array, length: int) -> Array:
+    """``(B,)`` lengths -> ``(B, length)`` bool prefix mask."""
+    return jnp.arange(length)[None, :] < lengths[:, None]
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the last axis whose batch statistics use real frames only.
+
+    ``x (..., C)``, ``mask x.shape[:-1]``. Collection ``batch_stats`` holds ``mean``/``var``
+    (biased, like Flax's BatchNorm); train mode uses batch statistics and updates them
+    (not during ``init``), eval mode uses the running ones.
+    """
+
+    momentum: float = 0.99
+    epsilon: float = BN_EPSILON
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, *, train: bool = False) -> Array:
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", nn.initializers.ones_init(), (c,))
+        bias = self.param("bias", nn.initializers.zeros_init(), (c,))
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            m = mask[..., None]
+            count = jnp.maximum(mask.sum(), 1).astype(x.dtype)
+            mean = jnp.where(m, x, 0).sum(axes) / count
+            var = jnp.where(m, jnp.square(x - mean), 0).sum(axes) / count
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        return (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+
+
+class ConvSubsampling(nn.Module):
+    """Two 3x3 stride-2 VALID Conv2d + ReLU, then a linear projection (ESPnet Conv2dSubsampling).
+
+    ``(B, T, F), (B, T) -> (B, T', features), (B, T')`` with ``T' = ((T-1)//2 - 1)//2``.
+    Padded frames are zeroed at every conv input and the mask follows the lengths, so real
+    outputs never depend on padding. Masks are read as prefixes (``lengths = mask.sum(-1)``).
+    """
+
+    channels: int
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+        lengths = mask.sum(axis=-1)
+        h = x[..., None]
+        for i in range(2):
+            h = zero_padding(h, mask)
+            h = nn.Conv(self.channels, (3, 3), strides=(2, 2), padding="VALID", name=f"conv_{i}")(h)
+            h = nn.relu(h)
+            lengths = lengths_after_conv(lengths)
+            mask = length_mask(lengths, h.shape[1])
+        b, t, f, c = h.shape
+        h = nn.Dense(self.features, name="proj")(h.reshape(b, t, f * c))
+        return h, mask
+
+
+def _heads(x: Array, num_heads: int) -> Array:
+    """``(B, T, d) -> (B, T, N, d/N)``."""
+    b, t, d = x.shape
+    if d % num_heads:
+        raise ValueError(f"width {d} is not divisible by {num_heads} heads")
+    return x.reshape(b, t, num_heads, d // num_heads)
+
+
+def local_attention(q: Array, k: Array, v: Array, mask: Array, window: int) -> Array:
+    """Banded self-attention: query ``i`` sees real keys ``j`` with ``|i - j| <= window // 2``.
+
+    ``q, k, v (B, T, N, H)``, ``mask (B, T)`` -> ``(B, T, N, H)``. The sequence is cut into
+    blocks of ``max(window // 2, 1)``; each block attends to itself and its two neighbours
+    under an exact band mask, so scores are ``(B*T/blk, N, blk, 3*blk)``: O(T * window).
+    """
+    b, t, n, h = q.shape
+    half = window // 2
+    blk = max(half, 1)
+    nb = -(-t // blk)
+    pad = nb * blk - t
+
+    def blocks(x: Array) -> Array:
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape(b, nb, blk, *x.shape[2:])
+
+    def with_neighbours(xb: Array) -> Array:
+        p = jnp.pad(xb, [(0, 0), (1, 1)] + [(0, 0)] * (xb.ndim - 2))
+        return jnp.concatenate([p[:, :-2], p[:, 1:-1], p[:, 2:]], axis=2)
+
+    kb, vb, mb = (with_neighbours(blocks(a)) for a in (k, v, mask))
+    # key position minus query position for query p of a block and key c of its 3 blocks
+    offset = jnp.arange(3 * blk)[None, :] - blk - jnp.arange(blk)[:, None]
+    allowed = (jnp.abs(offset) <= half)[None, None] & mb[:, :, None, :]  # (B, nb, blk, 3blk)
+    out = jax.nn.dot_product_attention(
+        blocks(q).reshape(b * nb, blk, n, h),
+        kb.reshape(b * nb, 3 * blk, n, h),
+        vb.reshape(b * nb, 3 * blk, n, h),
+        mask=allowed.reshape(b * nb, 1, blk, 3 * blk),
+    )
+    return out.reshape(b, nb * blk, n, h)[:, :t]
+
+
+class MultiHeadAttention(nn.Module):
+    """Masked multi-head self-attention, global or local (``window`` frames, odd).
+
+    q/k/v/out are ``HRFDense`` with ``(d, d)`` kernels (targets ``attn_in``/``attn_out``).
+    Attention-weight dropout is left out so the fused ``jax.nn.dot_product_attention``
+    applies; blocks use residual dropout instead. ``(B, T, d), (B, T) -> (B, T, d)``.
+    """
+
+    num_heads: int
+    hrf: HRFSpec = HRFSpec()
+    window: int | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> Array:
+        d = x.shape[-1]
+        q, k, v = (
+            _heads(self.hrf.dense(d, "attn_in", name)(x), self.num_heads)
+            for name in ("query", "key", "value")
+        )
+        if self.window is None:
+            o = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+        else:
+            o = local_attention(q, k, v, mask, self.window)
+        return self.hrf.dense(d, "attn_out", "out")(o.reshape(x.shape))
+
+
+class RelPositionAttention(nn.Module):
+    """Multi-head self-attention with Transformer-XL relative positions (Dai et al. 2019).
+
+    Scores ``(q + u) k^T + (q + v) p_{i-j}^T`` over ``sqrt(H)``, with ``p`` a projected
+    sinusoidal encoding of the relative distance (ESPnet's ``RelPositionMultiHeadedAttention``).
+    ``(B, T, d), (B, T) -> (B, T, d)``; the score matrix is ``T x T`` (global attention).
+    """
+
+    num_heads: int
+    hrf: HRFSpec = HRFSpec()
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> Array:
+        b, t, d = x.shape
+        q, k, v = (
+            _heads(self.hrf.dense(d, "attn_in", name)(x), self.num_heads)
+            for name in ("query", "key", "value")
+        )
+        h = d // self.num_heads
+        rel = sinusoidal_encoding(jnp.arange(t - 1, -t, -1), d)  # distances T-1 .. -(T-1)
+        p = nn.Dense(d, use_bias=False, name="pos")(rel).reshape(2 * t - 1, self.num_heads, h)
+        init = nn.initializers.xavier_uniform()
+        u = self.param("pos_bias_u", init, (self.num_heads, h))
+        w = self.param("pos_bias_v", init, (self.num_heads, h))
+        bd = jnp.einsum("btnh,lnh->bntl", q + w, p)
+        # row of distance i - j in ``rel`` is (T-1) - (i-j): gather the (T, T) band
+        i, j = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
+        bd = bd[:, :, i, (t - 1) - i + j]
+        o = jax.nn.dot_product_attention(
+            q + u, k, v, bias=bd / jnp.sqrt(h).astype(x.dtype), mask=mask[:, None, None, :]
+        )
+        return self.hrf.dense(d, "attn_out", "out")(o.reshape(x.shape))
+
+
+class EncoderLayer(nn.Module):
+    """Transformer encoder layer, post-LN (Vaswani) or pre-LN; HRF inside the FFN branch.
+
+    Post-LN: ``x = LN(x + drop(attn(x)))``, ``x = LN(x + drop(ffn(x)))``. Pre-LN puts the LN
+    first in each branch, so the HRF layer follows it and the residual skips both.
+    ``window`` makes the attention local. ``(B, T, d), (B, T) -> (B, T, d)``.
+    """
+
+    num_heads: int
+    ffn_dim: int
+    hrf: HRFSpec = HRFSpec()
+    dropout: float = 0.1
+    pre_ln: bool = False
+    window: int | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, *, train: bool = False) -> Array:
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+        attn = MultiHeadAttention(self.num_heads, self.hrf, self.window, name="attn")
+        ffn = self.hrf.ffn(self.ffn_dim, nn.relu, self.dropout, "ffn")
+        ln_attn, ln_ffn = nn.LayerNorm(name="ln_attn"), nn.LayerNorm(name="ln_ffn")
+        if self.pre_ln:
+            x = x + drop(attn(ln_attn(x), mask))
+            return x + drop(ffn(ln_ffn(x), train=train))
+        x = ln_attn(x + drop(attn(x, mask)))
+        return ln_ffn(x + drop(ffn(x, train=train)))

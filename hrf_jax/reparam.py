@@ -153,11 +153,10 @@ def verify_equivalence(
         merged = merge_hrf(variables)
         y_hrf = np.asarray(model_hrf.apply(variables, *inputs, **apply_kwargs), np.float64)
         y_plain = np.asarray(model_plain.apply(merged, *inputs, **apply_kwargs), np.float64)
-    plain_shapes = jax.eval_shape(
+    plain_vars = jax.eval_shape(
         lambda: model_plain.init(jax.random.PRNGKey(0), *inputs, **apply_kwargs)
     )
-    merged_shapes = jax.tree_util.tree_map(lambda a: (tuple(a.shape)), dict(merged))
-    plain_shapes = jax.tree_util.tree_map(lambda a: (tuple(a.shape)), dict(plain_shapes))
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), dict(tree))
     abs_err = float(np.max(np.abs(y_hrf - y_plain))) if y_hrf.size else 0.0
     scale = float(np.max(np.abs(y_hrf))) if y_hrf.size else 0.0
     return {
@@ -165,8 +164,8 @@ def verify_equivalence(
         "max_rel_err": abs_err / scale if scale > 0 else abs_err,
         "params_hrf": count_params(variables.get("params", variables)),
         "params_merged": count_params(merged.get("params", merged)),
-        "params_plain": count_params(plain_shapes.get("params", plain_shapes)),
-        "structure_match": merged_shapes == plain_shapes,
+        "params_plain": count_params(plain_vars.get("params", plain_vars)),
+        "structure_match": shapes(merged) == shapes(plain_vars),
         "hrf_layers": len(hrf_paths(variables)),
     }
 
@@ -276,14 +275,137 @@ def _expand_host(
         new_kernel = jnp.asarray(kernel, jnp.float32)
         for q in factors:
             new_kernel = q.T @ new_kernel
-    to_host = np.asarray if not _use_jax(kernel, host_bias) else jnp.asarray
+    on_host = not _use_jax(kernel, host_bias)
+    cast = (lambda a, dt: np.asarray(a).astype(dt)) if on_host else jnp.asarray
     out: dict[str, Any] = {}
     for i, q in enumerate(factors):
-        layer = {"kernel": to_host(q.astype(kernel.dtype))}
+        layer = {"kernel": cast(q, kernel.dtype)}
         if bias and host_bias is not None:
-            layer["bias"] = to_host(jnp.zeros((width,), host_bias.dtype))
+            layer["bias"] = cast(np.zeros((width,), np.float32), host_bias.dtype)
         out[f"{HRF_PREFIX}{i}"] = layer
-    out["kernel"] = to_host(new_kernel.astype(kernel.dtype))
+    out["kernel"] = cast(new_kernel, kernel.dtype)
     if host_bias is not None:
         out["bias"] = host_bias
     return _like(node, out)
+
+
+# --------------------------------------------------------------------------- batchnorm
+
+
+def fold_batchnorm(variables: Tree, *, eps: float | None = None) -> Tree:
+    """Folds every eval-mode BatchNorm into the depthwise conv before it.
+
+    A module dict holding ``depthwise`` ({kernel (K, 1, C), bias (C,)}) and ``batch_norm``
+    ({scale, bias}, running ``mean``/``var`` under ``batch_stats`` at the same path) becomes
+    ``depthwise`` alone with ``kernel * s`` and ``(bias - mean) * s + beta``,
+    ``s = scale / sqrt(var + eps)``. The result loads into the same model built with
+    ``fold_bn=True``; emptied ``batch_stats`` are dropped. Pure; already folded trees come
+    back equal. ``eps`` defaults to ``layers.BN_EPSILON`` (the models' BatchNorm epsilon).
+    """
+    from hrf_jax.layers import BN_EPSILON
+
+    eps = BN_EPSILON if eps is None else eps
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise ValueError("fold_batchnorm expects a variables dict with a 'params' collection")
+    stats = variables.get("batch_stats", {})
+    folded: list[tuple[str, ...]] = []
+
+    def visit(node: Any, path: tuple[str, ...]) -> Any:
+        if not isinstance(node, Mapping):
+            _check_leaf(node, ("params", *path))
+            return node
+        if "batch_norm" in node:
+            if "depthwise" not in node:
+                raise ValueError(
+                    f"params/{_join((*path, 'batch_norm'))} has no 'depthwise' conv beside it "
+                    f"to fold into (keys: {sorted(node)})"
+                )
+            folded.append(path)
+            bn_stats = _stats_at(stats, (*path, "batch_norm"))
+            items = {
+                k: visit(v, (*path, str(k)))
+                for k, v in node.items()
+                if k not in ("batch_norm", "depthwise")
+            }
+            items["depthwise"] = _fold_bn_into_conv(
+                node["depthwise"], node["batch_norm"], bn_stats, path, eps
+            )
+            return _like(node, items)
+        return _like(node, {k: visit(v, (*path, str(k))) for k, v in node.items()})
+
+    params = visit(variables["params"], ())
+    out = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
+    out["params"] = params
+    if "batch_stats" in variables:
+        remaining = _drop_paths(stats, [(*p, "batch_norm") for p in folded])
+        if remaining:
+            out["batch_stats"] = remaining
+    return _like(variables, out)
+
+
+def _stats_at(stats: Any, path: tuple[str, ...]) -> tuple[Any, Any]:
+    node = stats
+    for i, key in enumerate(path):
+        if not isinstance(node, Mapping) or key not in node:
+            raise ValueError(
+                f"batch_stats/{_join(path)} is missing (stopped at "
+                f"batch_stats/{_join(path[: i + 1])}); fold needs the running mean and var"
+            )
+        node = node[key]
+    for key in ("mean", "var"):
+        if key not in node:
+            raise ValueError(f"batch_stats/{_join(path)} has no '{key}' (keys: {sorted(node)})")
+        _check_leaf(node[key], ("batch_stats", *path, key))
+    return node["mean"], node["var"]
+
+
+def _fold_bn_into_conv(
+    conv: Any, bn: Any, stats: tuple[Any, Any], path: tuple[str, ...], eps: float
+) -> Mapping:
+    where = f"params/{_join((*path, 'depthwise'))}"
+    if not isinstance(conv, Mapping) or "kernel" not in conv:
+        raise ValueError(f"{where} should be a dict with 'kernel'")
+    if not isinstance(bn, Mapping) or not {"scale", "bias"} <= set(bn):
+        raise ValueError(f"params/{_join((*path, 'batch_norm'))} needs 'scale' and 'bias'")
+    kernel = conv["kernel"]
+    _check_leaf(kernel, (*path, "depthwise", "kernel"))
+    mean, var = stats
+    c = kernel.shape[-1]
+    for name, arr in (("scale", bn["scale"]), ("bias", bn["bias"]), ("mean", mean), ("var", var)):
+        if tuple(arr.shape) != (c,):
+            raise ValueError(
+                f"{_join((*path, 'batch_norm', name))} has shape {tuple(arr.shape)}, expected "
+                f"({c},) to match {where}/kernel {tuple(kernel.shape)}"
+            )
+    conv_bias = conv.get("bias")
+    xp, dtype = (jnp, jnp.float32) if _use_jax(kernel, conv_bias, mean, var) else (np, np.float64)
+    s = xp.asarray(bn["scale"], dtype) / xp.sqrt(xp.asarray(var, dtype) + eps)
+    b = xp.zeros((c,), dtype) if conv_bias is None else xp.asarray(conv_bias, dtype)
+    new_bias = (b - xp.asarray(mean, dtype)) * s + xp.asarray(bn["bias"], dtype)
+    bias_dtype = kernel.dtype if conv_bias is None else conv_bias.dtype
+    out = {
+        "kernel": (xp.asarray(kernel, dtype) * s).astype(kernel.dtype),
+        "bias": new_bias.astype(bias_dtype),
+    }
+    return _like(conv, out)
+
+
+def _drop_paths(tree: Mapping, paths: list[tuple[str, ...]]) -> dict:
+    """A copy of ``tree`` without ``paths``; dicts left empty are removed too."""
+    drop = set(paths)
+
+    def visit(node: Any, path: tuple[str, ...]) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        items = {}
+        for k, v in node.items():
+            sub = (*path, str(k))
+            if sub in drop:
+                continue
+            v = visit(v, sub)
+            if isinstance(v, Mapping) and not v:
+                continue
+            items[k] = v
+        return _like(node, items)
+
+    return visit(tree, ())
