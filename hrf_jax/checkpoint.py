@@ -1,0 +1,95 @@
+"""Orbax checkpoints of a run: the last N states and the best one on validation data.
+
+Layout under the workdir: ``checkpoints/<step>/`` (last N, for resuming) and ``best/<step>/``
+(the model selected on the validation split). Each holds the train state and a JSON ``meta``
+(data position, history, best score). A checkpoint that fails to restore is reported and
+skipped in favour of the one before it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+from flax import serialization
+
+_ITEMS = ("state", "meta")
+
+
+def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(directory.absolute(), options=options, item_names=_ITEMS)
+
+
+class RunCheckpoints:
+    """The ``last`` and ``best`` managers of one workdir."""
+
+    def __init__(self, workdir: str | Path, keep_last: int = 2):
+        self.workdir = Path(workdir)
+        self.last = _manager(self.workdir / "checkpoints", max(keep_last, 1))
+        self.best = _manager(self.workdir / "best", 1)
+
+    def save(self, state: Any, meta: dict, *, best: bool = False) -> None:
+        """Saves ``state`` (a pytree, e.g. ``TrainState``) at its step, asynchronously."""
+        step = int(meta["step"])
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+            meta=ocp.args.JsonSave(meta),
+        )
+        self.last.save(step, args=args, force=True)
+        if best:
+            self.best.save(step, args=args, force=True)
+
+    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+        """Newest readable checkpoint of ``last`` restored into ``template``'s structure."""
+        return _restore_newest(self.last, template)
+
+    def restore_best(self, template: Any) -> tuple[Any, dict] | None:
+        return _restore_newest(self.best, template)
+
+    def wait(self) -> None:
+        self.last.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.last.close()
+        self.best.close()
+
+
+def restore_state(directory: str | Path, template: Any) -> tuple[Any, dict]:
+    """Newest readable checkpoint in ``directory`` (``checkpoints/`` or ``best/``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoint folder at {directory}")
+    manager = _manager(directory, 1_000_000)
+    try:
+        found = _restore_newest(manager, template)
+    finally:
+        manager.close()
+    if found is None:
+        raise FileNotFoundError(f"no readable checkpoint in {directory}")
+    return found
+
+
+def _restore_newest(manager: ocp.CheckpointManager, template: Any) -> tuple[Any, dict] | None:
+    target = serialization.to_state_dict(template)
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                ),
+            )
+            state = serialization.from_state_dict(template, restored["state"])
+            return state, dict(restored["meta"])
+        except Exception as err:  # any unreadable file means: try the previous checkpoint
+            where = Path(manager.directory) / str(step)
+            print(
+                f"warning: checkpoint {where} is unreadable ({type(err).__name__}: "
+                f"{str(err)[:200]}); falling back to an earlier one",
+                file=sys.stderr,
+            )
+    return None

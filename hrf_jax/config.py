@@ -1,0 +1,108 @@
+"""Run configuration as an ``ml_collections.ConfigDict``, with ``--config.a.b=v`` overrides."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The defaults of ``hrf-jax train``: a light Conformer on the synthetic corpus."""
+    c = ml_collections.ConfigDict()
+    c.dataset = ml_collections.ConfigDict(
+        {"name": "synthetic", "data_dir": "", "manual_dir": "", "manifest": "",
+         "fold": -1, "protocol": "", "normalize": "corpus",
+         "num_utterances": 0, "num_speakers": 0}
+    )
+    c.model = ml_collections.ConfigDict(
+        {"backbone": "conformer", "size": "light", "hrf_ratio": 0, "hrf_depth": 1,
+         "hrf_targets": ("ffn",), "hrf_base": "in", "hrf_init": "variance_preserving",
+         "hrf_bias": True, "dropout": 0.1}
+    )
+    # AdamW + warm-up + cosine is the default; "sgd" is SpeechFormer's recipe
+    # (momentum 0.9, cosine decay).
+    c.optimizer = ml_collections.ConfigDict(
+        {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-2, "momentum": 0.9,
+         "warmup_fraction": 0.05, "clip_norm": 1.0}
+    )
+    c.train = ml_collections.ConfigDict(
+        {"epochs": 20, "batch_size": 32, "max_frames": 300, "eval_batch_size": 32,
+         "label_smoothing": 0.0, "class_weights": False, "balanced": False, "seed": 0,
+         "select_metric": "ua", "keep_last": 2, "save_every_steps": 0,
+         "compute_dtype": "float32", "distributed": False, "progress": True}
+    )
+    return c
+
+
+def load_config(path: str | None = None) -> ml_collections.ConfigDict:
+    """Defaults, or a Python config file defining ``get_config()``, or a saved JSON config."""
+    if not path:
+        return default_config()
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {file} does not exist")
+    if file.suffix == ".json":
+        merged = default_config()
+        merged.update_from_flattened_dict(_flatten(json.loads(file.read_text())))
+        return merged
+    namespace: dict = {}
+    exec(compile(file.read_text(), str(file), "exec"), namespace)  # noqa: S102 - user config
+    if "get_config" not in namespace:
+        raise ValueError(f"config file {file} must define get_config()")
+    return namespace["get_config"]()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+    """Applies ``config.a.b=value`` (or ``--config.a.b=value``) in place.
+
+    Values are parsed as Python literals and must match the field's existing type
+    (an int may fill a float field); unknown fields are an error naming the field.
+    """
+    for item in overrides:
+        text = item.removeprefix("--")
+        if "=" not in text or not text.startswith("config."):
+            raise ValueError(f"override {item!r} must look like --config.section.field=value")
+        dotted, raw = text[len("config."):].split("=", 1)
+        node = config
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            if name not in node:
+                raise ValueError(f"unknown config section {name!r} in {item!r}")
+            node = node[name]
+        if leaf not in node:
+            raise ValueError(f"unknown config field {dotted!r}; fields: {sorted(node.keys())}")
+        node[leaf] = _parse(raw, node[leaf], dotted)
+
+
+def _parse(raw: str, current, name: str):
+    if isinstance(current, str):
+        return raw
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"cannot parse {raw!r} for config.{name}") from err
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise ValueError(f"config.{name} expects True/False, got {raw!r}")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, tuple) and isinstance(value, str | list):
+        return (value,) if isinstance(value, str) else tuple(value)
+    if current is not None and not isinstance(value, type(current)):
+        raise ValueError(
+            f"config.{name} expects {type(current).__name__}, got {type(value).__name__}"
+        )
+    return value

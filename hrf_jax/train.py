@@ -1,0 +1,205 @@
+"""Train state, jit-compiled train/eval steps shared by every backbone, and data parallelism.
+
+One ``Mesh`` over all devices with a ``data`` axis: the batch is sharded along it and the
+state is replicated, so one device and many devices (and many hosts) run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+Batch = dict[str, np.ndarray]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data position (which follows from ``step``)."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
+    """AdamW + linear warm-up + cosine decay (default), or SGD momentum 0.9 + cosine.
+
+    Weight decay applies to kernels only (``ndim >= 2``), not to biases and norms.
+    """
+    total_steps = max(int(total_steps), 1)
+    decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    if cfg.name == "adamw":
+        warmup = int(cfg.warmup_fraction * total_steps)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, cfg.lr, max(warmup, 1), total_steps, end_value=cfg.lr * 1e-2
+        )
+        opt = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask)
+    elif cfg.name == "sgd":
+        schedule = optax.cosine_decay_schedule(cfg.lr, total_steps)
+        opt = optax.chain(
+            optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+            optax.sgd(schedule, momentum=cfg.momentum),
+        )
+    else:
+        raise ValueError(f"optimizer.name must be 'adamw' or 'sgd', got {cfg.name!r}")
+    if cfg.clip_norm and cfg.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    return opt
+
+
+def create_state(
+    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, feats: Any, mask: Any
+) -> TrainState:
+    """Initialises parameters from example ``feats (B, T, F)`` / ``mask (B, T)``."""
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init(init_rng, feats, mask, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=state_rng,
+    )
+
+
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+class DataParallel:
+    """A 1-D device mesh; batches are split along it, the train state is replicated."""
+
+    def __init__(self, devices: Iterable[jax.Device] | None = None):
+        self.mesh = Mesh(np.asarray(list(devices or jax.devices())), ("data",))
+        self.batch = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    @property
+    def size(self) -> int:
+        return self.mesh.size
+
+    def put_batch(self, batch: Batch) -> dict[str, jax.Array]:
+        """Host batch -> global sharded arrays. Every host builds the same global batch from
+        the same seed and contributes its own slice (simple and exact for data parallelism)."""
+        n_proc, pid = jax.process_count(), jax.process_index()
+        out = {}
+        for key, value in batch.items():
+            if value.shape[0] % self.size:
+                raise ValueError(
+                    f"batch dimension {value.shape[0]} of '{key}' is not divisible by the "
+                    f"{self.size} devices; choose a batch size that is"
+                )
+            local = np.array_split(value, n_proc)[pid] if n_proc > 1 else value
+            out[key] = jax.make_array_from_process_local_data(self.batch, local)
+        return out
+
+    def replicate(self, tree: Any) -> Any:
+        return jax.device_put(tree, self.replicated)
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    parallel: DataParallel,
+    *,
+    label_smoothing: float = 0.0,
+    class_weights: np.ndarray | None = None,
+    compute_dtype: Any = jnp.float32,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """``train_step(state, batch) -> (state, {"loss", "correct", "count"})``, jit-compiled once
+    per batch shape, state buffers donated. Parameters stay float32; with
+    ``compute_dtype=bfloat16`` the forward/backward pass runs in bf16."""
+    weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+
+    def loss_fn(params, batch_stats, batch, dropout_rng):
+        feats = batch["feats"].astype(compute_dtype)
+        variables = _variables(_cast(params, compute_dtype), batch_stats)
+        logits, updates = model.apply(
+            variables, feats, batch["mask"], train=True,
+            rngs={"dropout": dropout_rng}, mutable=["batch_stats"],
+        )
+        logits = logits.astype(jnp.float32)
+        num_classes = logits.shape[-1]
+        targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes),
+                                      label_smoothing)
+        per_example = optax.softmax_cross_entropy(logits, targets)
+        w = jnp.ones_like(per_example) if weights is None else weights[batch["label"]]
+        loss = jnp.sum(per_example * w) / jnp.sum(w)
+        return loss, (logits, updates.get("batch_stats", batch_stats))
+
+    def step(state: TrainState, batch: dict[str, jax.Array]):
+        rng, dropout_rng = jax.random.split(state.rng)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, dropout_rng
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        batch_stats = _cast(batch_stats, jnp.float32)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state=opt_state, rng=rng)
+        correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+        stats = {"loss": loss, "correct": correct, "count": jnp.asarray(logits.shape[0])}
+        return new_state, stats
+
+    return jax.jit(
+        step,
+        in_shardings=(parallel.replicated, parallel.batch),
+        out_shardings=(parallel.replicated, parallel.replicated),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(
+    model: nn.Module, parallel: DataParallel
+) -> Callable[[Any, Any, jax.Array, jax.Array], jax.Array]:
+    """``eval_step(params, batch_stats, feats, mask) -> probabilities (B, C)`` in eval mode."""
+
+    def step(params, batch_stats, feats, mask):
+        logits = model.apply(_variables(params, batch_stats), feats, mask, train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    return jax.jit(
+        step,
+        in_shardings=(parallel.replicated, parallel.replicated, parallel.batch, parallel.batch),
+        out_shardings=parallel.replicated,
+    )
+
+
+def predict_source(
+    eval_step: Callable, params: Any, batch_stats: Any, loader: Iterable[Batch],
+    parallel: DataParallel, num_items: int, num_classes: int,
+) -> np.ndarray:
+    """Probabilities ``(N, C)`` for every utterance of an ``EvalLoader``; chunks of a long
+    utterance are averaged. Device results are fetched once, at the end."""
+    pending = []
+    for batch in loader:
+        placed = parallel.put_batch({"feats": batch["feats"], "mask": batch["mask"]})
+        probs = eval_step(params, batch_stats, placed["feats"], placed["mask"])
+        pending.append((probs, batch["index"], batch["valid"]))
+    sums = np.zeros((num_items, num_classes), np.float64)
+    counts = np.zeros(num_items, np.int64)
+    for probs, index, valid in pending:
+        probs = np.asarray(jax.device_get(probs), np.float64)
+        np.add.at(sums, index[valid], probs[valid])
+        np.add.at(counts, index[valid], 1)
+    if np.any(counts == 0):
+        missing = np.flatnonzero(counts == 0)[:5].tolist()
+        raise RuntimeError(f"evaluation loader skipped utterances {missing}...")
+    return sums / counts[:, None]
