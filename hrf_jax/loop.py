@@ -154,7 +154,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     step = int(meta["step"])
     for epoch in range(step // steps_per_epoch, tcfg.epochs):
         start = step - epoch * steps_per_epoch
-        running = None
+        # sums of the interrupted epoch so far, so a resumed epoch logs the same numbers
+        running = _restore_running(meta.get("running")) if start else None
         t0 = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{tcfg.epochs}",
                    disable=not tcfg.progress, leave=False)
@@ -172,7 +173,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
                                 acc=f"{got['correct'] / got['count']:.3f}")
             every = tcfg.save_every_steps
             if every and step % every == 0 and i + 1 < steps_per_epoch:
-                ckpts.save(state, {**meta, "step": step, "epoch": epoch, "batch": i + 1})
+                sums = {k: v.item() for k, v in jax.device_get(running).items()}
+                ckpts.save(state, {**meta, "step": step, "epoch": epoch, "batch": i + 1,
+                                   "running": sums})
         bar.close()
         got = jax.device_get(running) if running is not None else None
         val = evaluate(eval_step, state, ds.validation, parallel, num_classes, eval_bs, vote)
@@ -188,6 +191,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         if improved:
             meta["best"] = {"score": score, "epoch": epoch + 1, "step": step}
         meta["history"] = [*meta["history"], record]
+        meta.pop("running", None)
         ckpts.save(state, {**meta, "step": step, "epoch": epoch + 1, "batch": 0}, best=improved)
         with open(workdir / METRICS_LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -211,6 +215,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     }
     (workdir / FINAL).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _restore_running(sums: dict | None) -> dict | None:
+    """Epoch sums saved mid-epoch, back in the dtypes the train step accumulates in."""
+    if sums is None:
+        return None
+    return {"loss": jnp.asarray(sums["loss"], jnp.float32),
+            "correct": jnp.asarray(sums["correct"], jnp.int32),
+            "count": jnp.asarray(sums["count"], jnp.int32)}
 
 
 def _write_run_info(workdir: Path, ds, config: ml_collections.ConfigDict) -> None:

@@ -36,12 +36,12 @@ def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
 
     Weight decay applies to kernels only (``ndim >= 2``), not to biases and norms.
     """
-    total_steps = max(int(total_steps), 1)
+    total_steps = max(int(total_steps), 2)
     decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
     if cfg.name == "adamw":
-        warmup = int(cfg.warmup_fraction * total_steps)
+        warmup = min(max(int(cfg.warmup_fraction * total_steps), 1), total_steps - 1)
         schedule = optax.warmup_cosine_decay_schedule(
-            0.0, cfg.lr, max(warmup, 1), total_steps, end_value=cfg.lr * 1e-2
+            0.0, cfg.lr, warmup, total_steps, end_value=cfg.lr * 1e-2
         )
         opt = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask)
     elif cfg.name == "sgd":
