@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hrf_jax.data import register as register_prepare
+from hrf_jax.export import register as register_export
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -65,6 +66,13 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.model:  # an exported .tflite/.onnx: numpy + LiteRT/onnxruntime, no JAX in the path
+        from hrf_jax.runtime import ExportedModel
+
+        exported = ExportedModel(args.model)
+        for path in args.audio:
+            print(json.dumps(exported.predict_file(path)))
+        return 0
     from hrf_jax.deploy import DEPLOY_DIR, load_deploy, predict_files
 
     source = Path(args.checkpoint or Path(args.workdir) / DEPLOY_DIR)
@@ -79,6 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(args.workdir, backbone=args.backbone, hrf_ratio=args.hrf_ratio,
              epochs=args.epochs, seed=args.seed, num_utterances=args.num_utterances,
+             num_speakers=args.num_speakers, batch_size=args.batch_size,
              max_frames=args.max_frames, data_dir=args.data_dir,
              progress=not args.no_progress)
     return 0
@@ -106,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-utterances", type=int, default=0,
                    help="size of the synthetic corpus (0: its default)")
+    p.add_argument("--num-speakers", type=int, default=0,
+                   help="speakers of the synthetic corpus (0: its default)")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-frames", type=int, default=300, help="training crop length")
     p.add_argument("--data-dir", default="", help="default: $HRF_JAX_DATA or ~/hrf_jax_data")
     p.add_argument("--no-progress", action="store_true")
@@ -137,10 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+")
     p.add_argument("--workdir", default=".", help="uses <workdir>/deploy")
     p.add_argument("--checkpoint", default=None, help="a deploy folder written by merge")
+    p.add_argument("--model", default=None,
+                   help="an exported FILE.tflite or FILE.onnx (with FILE.json beside it) "
+                        "instead of the JAX deploy checkpoint")
     p.set_defaults(func=_predict)
 
-    for name, text in (("export", "export the merged model to LiteRT / ONNX"),
-                       ("bench", "speed, memory and size benchmarks")):
+    register_export(sub)
+
+    for name, text in (("bench", "speed, memory and size benchmarks"),):
         p = sub.add_parser(name, help=f"{text} (not yet available)")
         p.set_defaults(func=_not_yet(name))
     return parser

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,8 @@ import numpy as np
 from hrf_jax.config import default_config
 from hrf_jax.data import EvalLoader
 from hrf_jax.deploy import load_deploy, load_run, merge_run
-from hrf_jax.loop import evaluate, fit, open_dataset
+from hrf_jax.loop import EVAL_BUCKETS, fit, open_dataset
+from hrf_jax.metrics import classification_metrics
 from hrf_jax.profiling import forward_cost
 from hrf_jax.reparam import count_params
 from hrf_jax.train import DataParallel, make_eval_step, predict_source
@@ -27,11 +27,14 @@ THREE_SECONDS = 300  # frames at a 10 ms hop
 
 
 def demo_config(backbone: str, size: str, hrf_ratio: int, *, epochs: int, seed: int,
-                num_utterances: int, max_frames: int, data_dir: str, progress: bool):
+                num_utterances: int, num_speakers: int, batch_size: int, max_frames: int,
+                data_dir: str, progress: bool):
     """The shared recipe: only the model size and the HRF ratio differ between the runs."""
     config = default_config()
     config.dataset.data_dir = data_dir
     config.dataset.num_utterances = num_utterances
+    config.dataset.num_speakers = num_speakers
+    config.train.batch_size = batch_size
     config.model.backbone = backbone
     config.model.size = size
     config.model.hrf_ratio = hrf_ratio
@@ -44,7 +47,8 @@ def demo_config(backbone: str, size: str, hrf_ratio: int, *, epochs: int, seed: 
 
 def run_demo(workdir: str | Path = "runs/demo", *, backbone: str = "conformer",
              hrf_ratio: int = 4, epochs: int = 8, seed: int = 0, num_utterances: int = 0,
-             max_frames: int = 300, data_dir: str = "", progress: bool = True) -> dict[str, Any]:
+             num_speakers: int = 0, batch_size: int = 32, max_frames: int = 300,
+             data_dir: str = "", progress: bool = True) -> dict[str, Any]:
     """Runs the main job and returns the ``results.json`` content."""
     workdir = Path(workdir)
     started = time.perf_counter()
@@ -53,7 +57,8 @@ def run_demo(workdir: str | Path = "runs/demo", *, backbone: str = "conformer",
     for name, (size, ratio) in runs.items():
         print(f"== training {name}: {backbone}-{size}" + (f" + HRF x{ratio}" if ratio else ""))
         config = demo_config(backbone, size, ratio, epochs=epochs, seed=seed,
-                             num_utterances=num_utterances, max_frames=max_frames,
+                             num_utterances=num_utterances, num_speakers=num_speakers,
+                             batch_size=batch_size, max_frames=max_frames,
                              data_dir=data_dir, progress=progress)
         summaries[name] = fit(config, workdir / name)
 
@@ -66,18 +71,15 @@ def run_demo(workdir: str | Path = "runs/demo", *, backbone: str = "conformer",
     num_classes = len(info["class_names"])
 
     def test_probs(model, variables):
-        loader = EvalLoader(ds.test, batch_size=32, buckets=(100, 200, 300, 400, 600, 800,
-                                                              1000), chunk_frames=1000)
+        loader = EvalLoader(ds.test, batch_size=32, buckets=EVAL_BUCKETS,
+                            chunk_frames=EVAL_BUCKETS[-1])
         return predict_source(make_eval_step(model, parallel), variables["params"],
                               variables.get("batch_stats", {}), loader, parallel,
                               len(ds.test), num_classes)
 
     p_hrf, p_merged = test_probs(hrf_model, hrf_vars), test_probs(plain, deploy_vars)
     identical = float(np.mean(p_hrf.argmax(-1) == p_merged.argmax(-1)))
-    merged_state = SimpleNamespace(params=deploy_vars["params"],
-                                   batch_stats=deploy_vars.get("batch_stats", {}))
-    merged_metrics = evaluate(make_eval_step(plain, parallel), merged_state, ds.test, parallel,
-                              num_classes, 32)
+    merged_metrics = classification_metrics(ds.test.labels, p_merged.argmax(-1), num_classes)
 
     models: dict[str, Any] = {}
     for name in runs:

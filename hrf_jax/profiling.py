@@ -12,30 +12,35 @@ import numpy as np
 
 def xla_flops(fn: Callable, *args: Any) -> float:
     """FLOPs of ``jax.jit(fn)(*args)`` as counted by XLA's cost analysis of the compiled HLO."""
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return compiled_flops(jax.jit(fn).lower(*args).compile())
+
+
+def compiled_flops(compiled: Any) -> float:
+    cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):  # older jax returns one dict per computation
         cost = cost[0] if cost else {}
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
 def median_latency_ms(fn: Callable, *args: Any, repeats: int = 30, warmup: int = 3) -> float:
-    """Median milliseconds of a jitted call after warm-up (compile excluded)."""
-    jitted = jax.jit(fn)
+    """Median milliseconds of a call after warm-up; ``fn`` should already be compiled."""
     for _ in range(warmup):
-        jax.block_until_ready(jitted(*args))
+        jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
+        jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
 
 
 def forward_cost(model: Any, variables: dict, frames: int, feature_dim: int,
                  repeats: int = 30) -> dict[str, float]:
-    """FLOPs and median latency of one utterance (batch 1, ``frames`` frames) in eval mode."""
+    """FLOPs and median latency of one utterance (batch 1, ``frames`` frames) in eval mode,
+    from one compilation."""
     feats = np.random.default_rng(0).standard_normal((1, frames, feature_dim)).astype(np.float32)
     mask = np.ones((1, frames), bool)
     fn = lambda v, f, m: model.apply(v, f, m, train=False)
-    return {"flops": xla_flops(fn, variables, feats, mask),
-            "latency_ms": median_latency_ms(fn, variables, feats, mask, repeats=repeats)}
+    compiled = jax.jit(fn).lower(variables, feats, mask).compile()
+    return {"flops": compiled_flops(compiled),
+            "latency_ms": median_latency_ms(compiled, variables, feats, mask, repeats=repeats)}
