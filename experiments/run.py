@@ -1,0 +1,133 @@
+"""Runs an experiment grid (all folds and seeds), resumably, and writes its results table.
+
+    python -m experiments.run synthetic_all --seeds 0 1 2
+    python -m experiments.run iemocap_conformer --manual-dir /data/IEMOCAP_full_release
+
+Each cell trains in ``<workdir>/<grid>/<backbone>/<variant>/fold<k>/seed<s>``; a finished cell
+(``final.json`` present) is skipped and an interrupted one resumes from its checkpoint. The
+summary goes to ``experiments/results/<grid>.json`` and ``.md`` (WA and UA mean +- std over
+folds x seeds, test metrics of the checkpoint chosen on validation data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+
+from experiments.grids import VARIANTS, get_grid, run_config
+from hrf_jax.config import apply_overrides
+from hrf_jax.loop import FINAL, fit
+from hrf_jax.metrics import mean_std
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_grid(grid, workdir: Path, overrides: Sequence[str] = ()) -> dict:
+    cells = []
+    for backbone in grid.backbones:
+        for variant in grid.variants:
+            for fold in grid.folds:
+                for seed in grid.seeds:
+                    config = run_config(grid, backbone, variant, fold, seed)
+                    apply_overrides(config, overrides)
+                    where = workdir / grid.name / backbone / variant / f"fold{fold}" / f"seed{seed}"
+                    if (where / FINAL).is_file():
+                        summary = json.loads((where / FINAL).read_text())
+                    else:
+                        print(f"== {backbone} {variant} fold {fold} seed {seed} -> {where}",
+                              flush=True)
+                        t0 = time.perf_counter()
+                        summary = fit(config, where)
+                        summary["seconds"] = time.perf_counter() - t0
+                        (where / FINAL).write_text(json.dumps(summary, indent=2))
+                    cells.append({"backbone": backbone, "variant": variant, "fold": fold,
+                                  "seed": seed, "test": _scores(summary["test"]),
+                                  "validation": _scores(summary["validation"]),
+                                  "seconds": summary.get("seconds")})
+    return summarise(grid, cells)
+
+
+def _scores(metrics: dict | None) -> dict | None:
+    if metrics is None:
+        return None
+    keys = ("wa", "ua", "macro_f1", "weighted_f1")
+    out = {k: metrics[k] for k in keys}
+    if "participant" in metrics:
+        out["participant_macro_f1"] = metrics["participant"]["macro_f1"]
+    return out
+
+
+def summarise(grid, cells: list[dict]) -> dict:
+    rows = []
+    for backbone in grid.backbones:
+        for variant in grid.variants:
+            mine = [c for c in cells if c["backbone"] == backbone and c["variant"] == variant]
+            row = {"backbone": backbone, "variant": variant, "runs": len(mine),
+                   "hrf_ratio": VARIANTS[variant]["hrf_ratio"]}
+            for key in ("wa", "ua", "macro_f1"):
+                row[key] = mean_std([c["test"][key] for c in mine])
+            rows.append(row)
+    return {
+        "grid": grid.name,
+        "dataset": grid.base.dataset.name,
+        "machine": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()],
+                    "python": sys.version.split()[0], "jax": jax.__version__},
+        "command": " ".join(sys.argv),
+        "rows": rows,
+        "cells": cells,
+    }
+
+
+def markdown(result: dict) -> str:
+    label = {"light": "light", "large": "large"}
+    lines = [f"### {result['grid']} (test split; mean ± std over folds × seeds)", "",
+             "| backbone | model | runs | WA (%) | UA (%) | macro-F1 (%) |",
+             "|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        name = label.get(row["variant"], f"light + HRF x{row['hrf_ratio']}")
+        cells = " | ".join(f"{100 * row[k][0]:.2f} ± {100 * row[k][1]:.2f}"
+                           for k in ("wa", "ua", "macro_f1"))
+        lines.append(f"| {row['backbone']} | {name} | {row['runs']} | {cells} |")
+    devices = ", ".join(result["machine"]["devices"])
+    lines += ["", f"Command: `{result['command']}`  ", f"Machine: {devices}; "
+              f"{result['machine']['platform']}; jax {result['machine']['jax']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("grid", help="e.g. synthetic_all, iemocap_conformer, daic_woz_speechformer")
+    parser.add_argument("--workdir", default="runs/experiments", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS))
+    parser.add_argument("--manual-dir", default="", help="the corpus as distributed")
+    parser.add_argument("--manifest", default="", help="M3ED / csv manifest")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--results-dir", default=RESULTS, type=Path)
+    args, overrides = parser.parse_known_args(argv)
+    grid = get_grid(args.grid)
+    if args.seeds:
+        grid.seeds = tuple(args.seeds)
+    if args.variants:
+        grid.variants = tuple(args.variants)
+    grid.base.dataset.manual_dir = args.manual_dir
+    grid.base.dataset.manifest = args.manifest
+    grid.base.dataset.data_dir = args.data_dir
+    result = run_grid(grid, args.workdir, overrides)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / f"{grid.name}.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (args.results_dir / f"{grid.name}.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

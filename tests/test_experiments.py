@@ -1,0 +1,40 @@
+"""The experiment runner: a tiny grid trains every cell once, resumes, and writes its table."""
+
+import json
+
+import pytest
+
+from experiments.grids import get_grid, run_config
+from experiments.run import main
+from tests.conftest import TINY_CORPUS, tiny_overrides
+
+
+def test_grid_names_and_cells():
+    grid = get_grid("iemocap_conformer")
+    assert grid.folds == (0, 1, 2, 3, 4) and grid.base.dataset.protocol == "loso"
+    config = run_config(grid, "conformer", "light_hrf4", 2, 1)
+    assert (config.model.hrf_ratio, config.dataset.fold, config.train.seed) == (4, 2, 1)
+    assert get_grid("daic_woz_speechformer").base.dataset.name == "daic_woz"
+    assert get_grid("synthetic_all").backbones == ("conformer", "speechformer", "convtransformer")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        get_grid("emodb_conformer")
+
+
+def test_tiny_grid_runs_resumes_and_writes_results(tiny_data_dir, tmp_path, capsys):
+    args = ["synthetic_conformer", "--workdir", str(tmp_path / "runs"), "--seeds", "0", "1",
+            "--variants", "light", "light_hrf2", "--data-dir", str(tiny_data_dir),
+            "--results-dir", str(tmp_path / "results"),
+            *[o for o in tiny_overrides(tiny_data_dir, **{"train.epochs": 1})
+              if "data_dir" not in o]]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "results" / "synthetic_conformer.json").read_text())
+    assert [r["variant"] for r in result["rows"]] == ["light", "light_hrf2"]
+    assert all(r["runs"] == 2 for r in result["rows"])
+    assert len(result["cells"]) == 4
+    assert result["cells"][0]["seconds"] is not None
+    table = (tmp_path / "results" / "synthetic_conformer.md").read_text()
+    assert "light + HRF x2" in table and "±" in table
+    assert TINY_CORPUS["num_utterances"] == 96
+    capsys.readouterr()
+    assert main(args) == 0  # every cell finished: nothing is trained again
+    assert "==" not in capsys.readouterr().out
