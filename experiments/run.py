@@ -3,7 +3,7 @@
     python -m experiments.run synthetic_all --seeds 0 1 2
     python -m experiments.run iemocap_conformer --manual-dir /data/IEMOCAP_full_release
 
-Each cell trains in ``<workdir>/<grid>/<backbone>/<variant>/fold<k>/seed<s>``; a finished cell
+Each cell trains in ``<workdir>/<dataset>/<backbone>/<variant>/fold<k>/seed<s>``; a finished cell
 (``final.json`` present) is skipped and an interrupted one resumes from its checkpoint. The
 summary goes to ``experiments/results/<grid>.json`` and ``.md`` (WA and UA mean +- std over
 folds x seeds, test metrics of the checkpoint chosen on validation data).
@@ -37,7 +37,9 @@ def run_grid(grid, workdir: Path, overrides: Sequence[str] = ()) -> dict:
                 for seed in grid.seeds:
                     config = run_config(grid, backbone, variant, fold, seed)
                     apply_overrides(config, overrides)
-                    where = workdir / grid.name / backbone / variant / f"fold{fold}" / f"seed{seed}"
+                    # keyed by dataset, not grid: grids that share cells share their runs
+                    where = (workdir / grid.base.dataset.name / backbone / variant
+                             / f"fold{fold}" / f"seed{seed}")
                     if (where / FINAL).is_file():
                         summary = json.loads((where / FINAL).read_text())
                     else:
