@@ -23,7 +23,7 @@ for b in conformer speechformer convtransformer; do
   done
 done
 wait
-tail -n 3 /tmp/log_*.txt > "$out/grid.log"
+tail -n 15 /tmp/log_*.txt > "$out/grid.log"
 python3 -m experiments.run synthetic_all --workdir /tmp/runs --results-dir "$out" \
   >> "$out/grid.log" 2>&1
 echo "grid done in $(( $(date +%s) - t0 )) s"

