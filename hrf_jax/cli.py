@@ -93,11 +93,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(name: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"hrf-jax {name}: not yet available in this version", file=sys.stderr)
-        return 3
+def _benchmarks_module():
+    """``benchmarks.run`` from the source checkout that holds this ``hrf_jax`` package."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        raise FileNotFoundError(
+            f"hrf-jax bench needs a source checkout: {root / 'benchmarks' / 'run.py'} is "
+            "missing (installed from a wheel?); clone the repository and `pip install -e .`")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import run
+
     return run
+
+
+def _bench(args: argparse.Namespace) -> int:
+    return _benchmarks_module().main_from_args(args)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="speed, memory and size benchmarks (source checkout)")
+    root = Path(__file__).resolve().parent.parent
+    if (root / "benchmarks" / "run.py").is_file():
+        _benchmarks_module().add_arguments(p)
+    p.set_defaults(func=_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_export(sub)
 
-    for name, text in (("bench", "speed, memory and size benchmarks"),):
-        p = sub.add_parser(name, help=f"{text} (not yet available)")
-        p.set_defaults(func=_not_yet(name))
+    _add_bench(sub)
     return parser
 
 

@@ -262,9 +262,18 @@ def to_onnx(fn, spec: InputSpec) -> tuple[bytes, dict]:
     """ONNX model bytes of ``fn`` (a symbolic ``T`` when ``spec.length is None``)."""
     from jax2onnx import to_onnx as _to_onnx
 
-    model = _to_onnx(fn, [spec.shape, jax.ShapeDtypeStruct((1,), jnp.int32)],
-                     model_name="hrf_jax_ser", input_names=["signal", "length"],
-                     output_names=["logits"])
+    try:
+        model = _to_onnx(fn, [spec.shape, jax.ShapeDtypeStruct((1,), jnp.int32)],
+                         model_name="hrf_jax_ser", input_names=["signal", "length"],
+                         output_names=["logits"])
+    except Exception as exc:
+        if spec.length is not None:
+            raise
+        # jax2onnx 0.17 cannot index a symbolic dimension: ``jnp.arange(T)[None, :]`` (as in
+        # layers.length_mask) fails with "_DynamicDimSentinel ... rmax"
+        raise ValueError(f"jax2onnx could not export a symbolic time axis for this model "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); export "
+                         f"with a fixed --seconds instead") from exc
     return model.SerializeToString(), {"opset": int(model.opset_import[0].version)}
 
 
@@ -376,6 +385,27 @@ def evaluate_split(exported, reference, src: Source, spec: InputSpec, split: str
 # --------------------------------------------------------------------------- export
 
 
+def _probe(path: pathlib.Path) -> None:
+    """Loads and runs ``path`` once in a child process: some full-integer LiteRT models
+    abort the interpreter (SIGABRT) when loaded, which would kill this process."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys, numpy as np\n"
+            f"spec = importlib.util.spec_from_file_location('rt', {runtime.__file__!r})\n"
+            "rt = importlib.util.module_from_spec(spec); spec.loader.exec_module(rt)\n"
+            f"run = rt.open_backend({str(path)!r})\n"
+            "run(np.zeros(tuple(run._signal['shape']), np.float32), np.ones((1,), np.int32))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        path.unlink(missing_ok=True)
+        raise ValueError(
+            f"the full-integer (int8) LiteRT model converted but the interpreter failed to run "
+            f"it (exit status {proc.returncode}: {proc.stderr.strip()[-300:]!r}); use "
+            f"--quantize int8-dynamic or fp16")
+
+
 def export_model(fmt: str, out: str | os.PathLike, *, workdir=None, checkpoint=None,
                  frontend: bool = False, seconds: float = 3.0, dynamic_time: bool = False,
                  quantize: str = "none", num_check: int = 16, eval_limit: int = 100,
@@ -408,9 +438,15 @@ def export_model(fmt: str, out: str | os.PathLike, *, workdir=None, checkpoint=N
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")  # same suffix: the runtime needs it
     tmp.write_bytes(blob)
-    exported = runtime.open_backend(tmp)
-    reference = _reference(src, frontend)
-    parity = compare(exported, reference, parity_inputs(src, spec, "validation", num_check))
+    if quantize == "int8":
+        _probe(tmp)
+    try:
+        exported = runtime.open_backend(tmp)
+        reference = _reference(src, frontend)
+        parity = compare(exported, reference, parity_inputs(src, spec, "validation", num_check))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     parity["reference"] = "JAX model of the checkpoint (float32, highest matmul precision)"
     parity["inputs"] = ("synthetic audio" if frontend else "validation utterances") + \
         (" (whole)" if dynamic_time else f" padded/cropped to {spec.length}")

@@ -1,0 +1,244 @@
+"""hrf-jax export: tiny trained runs -> LiteRT / ONNX, parity, quantization, sidecar, runtime.
+
+Conversions are slow on 2 cores (several seconds each), so the combinations are spread out
+rather than crossed: every backbone is exported once in float32 (Conformer to both formats
+and with the front-end; SpeechFormer to LiteRT; ConvTransformer to ONNX with the front-end),
+ONNX's dynamic time axis once, and the three LiteRT quantizations on the light Conformer.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from hrf_jax import runtime
+from hrf_jax.cli import main
+from hrf_jax.export import FP32_TOLERANCE, ParityError, export_model
+from tests.conftest import tiny_overrides
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("jax2onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("ai_edge_litert")
+
+BLOCKED = ("jax", "jaxlib", "tensorflow", "flax", "hrf_jax", "optax", "orbax")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data_dir, tmp_path_factory):
+    """One tiny HRF-trained workdir per backbone (1 epoch, ratio 2)."""
+    root = tmp_path_factory.mktemp("export_runs")
+    out = {}
+    for backbone in ("conformer", "speechformer", "convtransformer"):
+        workdir = root / backbone
+        args = ["train", "--workdir", str(workdir),
+                *tiny_overrides(tiny_data_dir, **{"train.epochs": 1, "model.hrf_ratio": 2,
+                                                  "model.backbone": backbone})]
+        assert main(args) == 0
+        out[backbone] = workdir
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    """The float32 exports shared by the tests below: name -> (path, sidecar dict)."""
+    root = tmp_path_factory.mktemp("exported")
+    plan = {
+        "conformer.onnx": ("conformer", "onnx", {}),
+        "conformer_frontend.tflite": ("conformer", "tflite", {"frontend": True}),
+        "speechformer.tflite": ("speechformer", "tflite", {}),
+        "convtransformer_frontend.onnx": ("convtransformer", "onnx", {"frontend": True}),
+    }
+    out = {}
+    for name, (backbone, fmt, kwargs) in plan.items():
+        path = root / name
+        meta = export_model(fmt, path, workdir=runs[backbone], num_check=8, **kwargs)
+        out[name] = (path, meta)
+    return out
+
+
+@pytest.mark.parametrize("name", ["conformer.onnx", "conformer_frontend.tflite",
+                                  "speechformer.tflite", "convtransformer_frontend.onnx"])
+def test_fp32_parity(exported, name):
+    path, meta = exported[name]
+    parity = meta["parity"]
+    assert parity["max_abs_logit_diff"] <= FP32_TOLERANCE
+    assert parity["argmax_agreement"] == 1.0
+    assert parity["utterances"] == 8
+    assert json.loads(runtime.sidecar_path(path).read_text()) == meta
+
+
+def test_sidecar_content(exported, runs):
+    path, meta = exported["conformer_frontend.tflite"]
+    assert runtime.sidecar_path(path).name == "conformer_frontend.tflite.json"
+    info = json.loads((runs["conformer"] / "run_info.json").read_text())
+    assert meta["class_names"] == info["class_names"]
+    assert meta["sample_rate"] == 16000 and meta["frontend"] is True
+    assert meta["input"]["shape"] == [1, 48000] and meta["input"]["kind"] == "audio"
+    assert meta["length_input"]["unit"] == "samples"
+    assert meta["mel"]["num_mels"] == info["feature_dim"] and meta["mean"] == info["mean"]
+    assert meta["source"]["batchnorm_folded"] is True
+    assert meta["source"]["hrf_layers_merged"] > 0
+    assert meta["source"]["path"] == str(runs["conformer"].absolute())
+    assert meta["size_bytes"] == path.stat().st_size
+    _, plain = exported["conformer.onnx"]
+    assert plain["input"]["shape"] == [1, 300, info["feature_dim"]]
+    assert plain["length_input"]["unit"] == "frames"
+    # SpeechFormer has no BatchNorm: nothing to fold
+    assert exported["speechformer.tflite"][1]["source"]["batchnorm_folded"] is False
+
+
+def test_onnx_dynamic_time_reports_converter_limit(runs, tmp_path):
+    """A symbolic T is tried but jax2onnx 0.17 fails inside the models' length masks
+    (``jnp.arange(T)[None, :]``); the export says so instead of writing a broken file."""
+    with pytest.raises(ValueError, match="symbolic time axis"):
+        export_model("onnx", tmp_path / "dyn.onnx", workdir=runs["conformer"],
+                     dynamic_time=True, num_check=4)
+    assert not list(tmp_path.iterdir())
+
+
+def test_quantized_litert(runs, tmp_path):
+    sizes = {}
+    for quantize in ("fp16", "int8-dynamic", "int8"):
+        out = tmp_path / f"q_{quantize}.tflite"
+        try:
+            meta = export_model("tflite", out, workdir=runs["conformer"], quantize=quantize,
+                                num_check=4, eval_limit=12, calibration=8)
+        except ValueError as err:  # ai-edge-litert 2.3 aborts on the full-int8 Conformer
+            assert quantize == "int8" and "interpreter failed" in str(err)
+            assert not out.exists()
+            continue
+        ev = meta["parity"]["evaluation"]
+        assert ev["utterances"] == 12
+        for key in ("exported", "fp32_jax"):
+            assert 0.0 <= ev[key]["wa"] <= 1.0 and 0.0 <= ev[key]["ua"] <= 1.0
+        assert 0.0 <= ev["prediction_agreement"] <= 1.0
+        assert np.isfinite(meta["parity"]["max_abs_logit_diff"])
+        sizes[quantize] = meta["size_bytes"]
+    assert sizes["int8-dynamic"] < sizes["fp16"]
+    assert sizes.get("int8", 0) < sizes["fp16"]
+
+
+def test_parity_failure_is_reported(runs, exported, tmp_path, monkeypatch, capsys):
+    import hrf_jax.export as ex
+
+    blob = exported["conformer.onnx"][0].read_bytes()  # skip a second conversion
+    monkeypatch.setattr(ex, "to_onnx", lambda fn, spec: (blob, {}))
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ParityError, match="fails float32 parity"):
+        export_model("onnx", out, workdir=runs["conformer"], num_check=2, tolerance=-1.0)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    rc = main(["export", "--workdir", str(runs["conformer"]), "--format", "onnx",
+               "--out", str(out), "--num-check", "2", "--tolerance", "-1"])
+    assert rc == 1 and "fails float32 parity" in capsys.readouterr().err
+
+
+def test_bad_arguments(runs, tmp_path):
+    with pytest.raises(ValueError, match="fixed time axis"):
+        export_model("tflite", tmp_path / "m.tflite", workdir=runs["conformer"],
+                     dynamic_time=True)
+    with pytest.raises(ValueError, match="LiteRT only"):
+        export_model("onnx", tmp_path / "m.onnx", workdir=runs["conformer"], quantize="int8")
+    with pytest.raises(ValueError, match="should end in"):
+        export_model("onnx", tmp_path / "m.tflite", workdir=runs["conformer"])
+
+
+def _wav(path, seconds, sr=22050, channels=2, seed=0):
+    from hrf_jax.data.synthetic import SyntheticConfig, synthesize
+
+    wave, _, _ = synthesize(SyntheticConfig(seed=7, min_seconds=seconds, max_seconds=seconds),
+                            seed)
+    import soxr
+
+    wave = soxr.resample(wave, 16000, sr)
+    sf.write(str(path), np.stack([wave] * channels, axis=1), sr)
+    return path
+
+
+def test_runtime_without_jax(exported, tmp_path):
+    """runtime.py loaded by path with JAX/TF/Flax/hrf_jax imports blocked predicts both
+    formats, with and without the front-end, and for audio longer than the window."""
+    short = _wav(tmp_path / "short.wav", 2.0)
+    long = _wav(tmp_path / "long.wav", 7.0, sr=8000, channels=1, seed=1)
+    models = [str(exported[n][0]) for n in ("conformer.onnx", "conformer_frontend.tflite",
+                                             "speechformer.tflite",
+                                             "convtransformer_frontend.onnx")]
+    script = textwrap.dedent(f"""
+        import importlib.abc, importlib.util, json, sys
+        BLOCKED = {BLOCKED!r}
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        spec = importlib.util.spec_from_file_location("rt", {str(runtime.__file__)!r})
+        rt = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(rt)
+        rows = []
+        for m in {models!r}:
+            model = rt.ExportedModel(m)
+            for wav in ({str(short)!r}, {str(long)!r}):
+                rows.append(model.predict_file(wav))
+        loaded = sorted(k for k in sys.modules if k.split(".")[0] in BLOCKED)
+        print(json.dumps({{"rows": rows, "loaded": loaded}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    names = exported["conformer.onnx"][1]["class_names"]
+    for row in result["rows"]:
+        assert row["label"] in names
+        assert abs(sum(row["probs"].values()) - 1.0) < 1e-5
+    assert result["rows"][1]["seconds"] == pytest.approx(7.0, abs=0.01)
+
+
+def test_runtime_matches_jax(exported, runs, tmp_path):
+    """A short wav: runtime probabilities (numpy log-Mel, padded window) == JAX graph on the
+    features of hrf_jax.deploy.features_for (whole utterance, no padding)."""
+    import jax
+
+    from hrf_jax.deploy import features_for
+    from hrf_jax.export import graph_fn, load_source
+
+    wav = _wav(tmp_path / "a.wav", 2.5, sr=16000, channels=1, seed=3)
+    src = load_source(workdir=runs["conformer"])
+    feats = features_for(wav, src.info)
+    fn = jax.jit(graph_fn(src.reference_model, src.reference_variables, src.info, False))
+    with jax.default_matmul_precision("highest"):
+        want = runtime.softmax(np.asarray(fn(feats[None], np.asarray([len(feats)], np.int32))))[0]
+    for name in ("conformer.onnx", "conformer_frontend.tflite"):
+        got = runtime.ExportedModel(exported[name][0]).predict_file(wav)
+        probs = np.asarray([got["probs"][n] for n in src.info["class_names"]])
+        np.testing.assert_allclose(probs, want, atol=2e-4)
+
+
+def test_cli_predict_with_model(exported, tmp_path, capsys):
+    wav = _wav(tmp_path / "b.wav", 1.5)
+    path = exported["speechformer.tflite"][0]
+    assert main(["predict", "--model", str(path), str(wav), str(wav)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2 and lines[0] == lines[1]
+    assert lines[0]["path"] == str(wav) and set(lines[0]["probs"]) == set(
+        exported["speechformer.tflite"][1]["class_names"])
+
+
+def test_numpy_logmel_matches_audio_module():
+    from hrf_jax.audio import MelSettings, logmel_np
+
+    rng = np.random.default_rng(0)
+    wave = rng.standard_normal(16000).astype(np.float32) * 0.1
+    for settings in (MelSettings(), MelSettings(num_mels=40, htk=True, fmin=50.0, fmax=7000.0)):
+        import dataclasses
+
+        got = runtime.logmel(wave, dataclasses.asdict(settings))
+        np.testing.assert_allclose(got, logmel_np(wave, settings), atol=1e-5)
+    assert Path(runtime.__file__).read_text().count("import jax") == 0
