@@ -57,6 +57,12 @@ def get_grid(name: str) -> ml_collections.ConfigDict:
     return grid
 
 
+# Post-LN stacks (ConvTransformer, SpeechFormer) of the large size diverged to chance with the
+# light models' peak learning rate (first GPU run); they get a lower peak and longer warm-up.
+POST_LN_LARGE_OPTIMIZER = {"lr": 3e-4, "warmup_fraction": 0.1}
+POST_LN = ("convtransformer", "speechformer")
+
+
 def run_config(grid: ml_collections.ConfigDict, backbone: str, variant: str, fold: int,
                seed: int) -> ml_collections.ConfigDict:
     """The ``hrf-jax train`` config of one cell of the grid."""
@@ -64,6 +70,8 @@ def run_config(grid: ml_collections.ConfigDict, backbone: str, variant: str, fol
     config.model.backbone = backbone
     for key, value in VARIANTS[variant].items():
         config.model[key] = value
+    if variant == "large" and backbone in POST_LN:
+        config.optimizer.update(POST_LN_LARGE_OPTIMIZER)
     config.dataset.fold = fold
     config.train.seed = seed
     return config

@@ -29,7 +29,9 @@ from hrf_jax.metrics import mean_std
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_grid(grid, workdir: Path, overrides: Sequence[str] = ()) -> dict:
+def run_grid(grid, workdir: Path, overrides: Sequence[str] = (),
+             collect_only: bool = False) -> dict:
+    """Trains every missing cell (or, with ``collect_only``, only gathers finished ones)."""
     cells = []
     for backbone in grid.backbones:
         for variant in grid.variants:
@@ -42,6 +44,8 @@ def run_grid(grid, workdir: Path, overrides: Sequence[str] = ()) -> dict:
                              / f"fold{fold}" / f"seed{seed}")
                     if (where / FINAL).is_file():
                         summary = json.loads((where / FINAL).read_text())
+                    elif collect_only:
+                        continue
                     else:
                         print(f"== {backbone} {variant} fold {fold} seed {seed} -> {where}",
                               flush=True)
@@ -71,6 +75,8 @@ def summarise(grid, cells: list[dict]) -> dict:
     for backbone in grid.backbones:
         for variant in grid.variants:
             mine = [c for c in cells if c["backbone"] == backbone and c["variant"] == variant]
+            if not mine:
+                continue
             row = {"backbone": backbone, "variant": variant, "runs": len(mine),
                    "hrf_ratio": VARIANTS[variant]["hrf_ratio"]}
             for key in ("wa", "ua", "macro_f1"):
@@ -113,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manifest", default="", help="M3ED / csv manifest")
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--results-dir", default=RESULTS, type=Path)
+    parser.add_argument("--name", default=None, help="results file name (default: the grid)")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="tabulate finished cells only; train nothing")
     args, overrides = parser.parse_known_args(argv)
     grid = get_grid(args.grid)
     if args.seeds:
@@ -122,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid.base.dataset.manual_dir = args.manual_dir
     grid.base.dataset.manifest = args.manifest
     grid.base.dataset.data_dir = args.data_dir
-    result = run_grid(grid, args.workdir, overrides)
+    result = run_grid(grid, args.workdir, overrides, collect_only=args.collect_only)
+    grid.name = args.name or grid.name
+    result["grid"] = grid.name
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"{grid.name}.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)
