@@ -1,0 +1,1 @@
+"""Speed, memory and size benchmarks of hrf-jax (``hrf-jax bench``); never asserted in tests."""
