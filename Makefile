@@ -15,8 +15,9 @@ $(STAMP_RUN): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# the test suite checks export parity too, so it installs the export extra
 $(STAMP_DEV): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,export]'
 	touch $@ $(STAMP_RUN)
 
 demo: $(STAMP_RUN)
