@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# One GPU benchmark on a fresh lent H100/H200 box: installs hrf-jax with CUDA JAX, runs a
-# short `hrf-jax bench` (about 5 minutes) and writes JSON + the markdown table into $OUT.
+# One GPU benchmark on a lent H100/H200 machine. Those machines reach no network: their image
+# already has jax (CUDA), flax, optax and orbax; what it lacks travels as wheels in .whl/
+# (list and download command in experiments/README.md). Runs a short `hrf-jax bench`
+# (under 6 minutes) and writes JSON + the markdown table into $OUT.
 # Usage, from the repository root:  OUT=/some/dir bash benchmarks/gpu_check.sh
-set -euo pipefail
+set -uo pipefail
 OUT="${OUT:-$PWD/bench_out}"
 mkdir -p "$OUT"
-python3 -m venv .venv-gpu
-. .venv-gpu/bin/activate
-pip install -q --upgrade pip
-pip install -q -e . "jax[cuda12]" 2>&1 | tail -3
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
-python -c "import jax; print(jax.devices())" | tee -a "$OUT/gpu.txt"
+python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 # each train measurement is capped at 120 s, so the whole run stays under 6 minutes
-timeout 330 hrf-jax bench --backbones speechformer conformer \
+timeout 330 python3 -m hrf_jax.cli bench --backbones speechformer conformer \
   --variants light light_merged large S --frames 651 --repeats 5 --repeats-latency 50 \
   --scaling speechformer:S --scaling-frames 651 2400 --timeout 120 \
   --out "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2> "$OUT/bench_gpu.log" \
