@@ -132,12 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hrf-ratio", type=int, default=4)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-utterances", type=int, default=1200,
+    p.add_argument("--num-utterances", type=int, default=960,
                    help="size of the synthetic corpus (0: its full default size)")
     p.add_argument("--num-speakers", type=int, default=0,
                    help="speakers of the synthetic corpus (0: its default)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-frames", type=int, default=200, help="training crop length (frames)")
+    p.add_argument("--max-frames", type=int, default=160, help="training crop length (frames)")
     p.add_argument("--data-dir", default="", help="default: $HRF_JAX_DATA or ~/hrf_jax_data")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)

@@ -46,12 +46,12 @@ def demo_config(backbone: str, size: str, hrf_ratio: int, *, epochs: int, seed: 
 
 
 def run_demo(workdir: str | Path = "runs/demo", *, backbone: str = "conformer",
-             hrf_ratio: int = 4, epochs: int = 6, seed: int = 0, num_utterances: int = 1200,
-             num_speakers: int = 0, batch_size: int = 32, max_frames: int = 200,
+             hrf_ratio: int = 4, epochs: int = 6, seed: int = 0, num_utterances: int = 960,
+             num_speakers: int = 0, batch_size: int = 32, max_frames: int = 160,
              data_dir: str = "", progress: bool = True) -> dict[str, Any]:
     """Runs the main job and returns the ``results.json`` content.
 
-    The defaults (1,200 synthetic utterances, 6 epochs, 2 s crops) keep the three trainings,
+    The defaults (960 synthetic utterances, 6 epochs, 1.6 s crops) keep the three trainings,
     the large model included, within 10 minutes on a 2-core CPU."""
     workdir = Path(workdir)
     started = time.perf_counter()

@@ -41,6 +41,8 @@ def forward_cost(model: Any, variables: dict, frames: int, feature_dim: int,
     feats = np.random.default_rng(0).standard_normal((1, frames, feature_dim)).astype(np.float32)
     mask = np.ones((1, frames), bool)
     fn = lambda v, f, m: model.apply(v, f, m, train=False)
+    # on the device once: host (numpy) leaves would be copied in on every timed call
+    variables, feats, mask = jax.device_put((variables, feats, mask))
     compiled = jax.jit(fn).lower(variables, feats, mask).compile()
     return {"flops": compiled_flops(compiled),
             "latency_ms": median_latency_ms(compiled, variables, feats, mask, repeats=repeats)}
