@@ -252,7 +252,10 @@ class MaskedBatchNorm(nn.Module):
     (not during ``init``), eval mode uses the running ones.
     """
 
-    momentum: float = 0.99
+    # 0.9 = PyTorch's BatchNorm default (momentum=0.1 there), as in ESPnet's Conformer;
+    # Flax's 0.99 left the running statistics far from the data after a few hundred steps
+    # and put a briefly trained large Conformer at chance in eval mode.
+    momentum: float = 0.9
     epsilon: float = BN_EPSILON
 
     @nn.compact
