@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from hrf_jax.layers import (
     ConvSubsampling,
+    Dropout,
     HRFSpec,
     MaskedBatchNorm,
     MultiHeadAttention,
@@ -79,7 +80,7 @@ class ConvModule(nn.Module):
         if not self.fold_bn:
             h = MaskedBatchNorm(name="batch_norm")(h, mask, train=train)
         h = self.hrf.dense(d, "conv_pointwise", "pointwise_2")(nn.swish(h))
-        return nn.Dropout(self.dropout, deterministic=not train)(h)
+        return Dropout(self.dropout, deterministic=not train)(h)
 
 
 class ConformerBlock(nn.Module):
@@ -91,7 +92,7 @@ class ConformerBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, *, train: bool = False) -> Array:
         cfg = self.cfg
-        drop = nn.Dropout(cfg.dropout, deterministic=not train)
+        drop = Dropout(cfg.dropout, deterministic=not train)
         h = self.hrf.ffn(cfg.ffn_dim, nn.swish, cfg.dropout, "ffn1")(
             nn.LayerNorm(name="ln_ffn1")(x), train=train
         )
@@ -130,7 +131,7 @@ class Conformer(nn.Module):
         x = x * jnp.sqrt(float(cfg.d_model))
         if cfg.pos_enc == "abs":
             x = x + sinusoidal_encoding(jnp.arange(x.shape[1]), cfg.d_model)
-        x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+        x = Dropout(cfg.dropout, deterministic=not train)(x)
         for i in range(cfg.num_layers):
             x = ConformerBlock(cfg, self.hrf, name=f"block_{i}")(x, mask, train=train)
         return self.hrf.dense(self.num_classes, "head", "classifier")(masked_mean(x, mask))

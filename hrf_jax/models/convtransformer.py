@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from hrf_jax.layers import (
     ConvSubsampling,
+    Dropout,
     EncoderLayer,
     HRFSpec,
     masked_mean,
@@ -61,7 +62,7 @@ class ConvTransformer(nn.Module):
         x = x * jnp.sqrt(float(cfg.d_model)) + sinusoidal_encoding(
             jnp.arange(x.shape[1]), cfg.d_model
         )
-        x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+        x = Dropout(cfg.dropout, deterministic=not train)(x)
         for i in range(cfg.num_layers):
             x = EncoderLayer(
                 cfg.num_heads, cfg.ffn_dim, self.hrf, cfg.dropout, cfg.pre_ln, name=f"layer_{i}"

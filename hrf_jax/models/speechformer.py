@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hrf_jax.layers import EncoderLayer, HRFSpec, masked_mean, sinusoidal_encoding
+from hrf_jax.layers import Dropout, EncoderLayer, HRFSpec, masked_mean, sinusoidal_encoding
 
 Array = jax.Array
 
@@ -135,5 +135,5 @@ class SpeechFormer(nn.Module):
         d = x.shape[-1]
         for i, width in enumerate((d // 2, d // 4)):
             x = nn.relu(self.hrf.dense(width, "head", f"head_{i}")(x))
-            x = nn.Dropout(cfg.head_dropout, deterministic=not train)(x)
+            x = Dropout(cfg.head_dropout, deterministic=not train)(x)
         return self.hrf.dense(self.num_classes, "head", "classifier")(x)
