@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU benchmark on a lent H100/H200 machine. Those machines reach no network: their image
 # already has jax (CUDA), flax, optax and orbax; what it lacks travels as wheels in .whl/
-# (list and download command in experiments/README.md). Runs a short `hrf-jax bench`
-# (under 6 minutes) and writes JSON + the markdown table into $OUT.
+# (list and download command in experiments/README.md). Runs a short `hrf-jax bench` (every
+# train measurement capped at $CAP s, the whole bench at $LIMIT s) and writes the JSON, the
+# markdown table and the per-row log into $OUT; rows finished before a cap are kept in the log.
 # Usage, from the repository root:  OUT=/some/dir bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT="${OUT:-$PWD/bench_out}"
@@ -10,12 +11,13 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export HRF_JAX_DATA="${HRF_JAX_DATA:-/tmp/hrf_data}"  # the grid's prepared corpus, if there
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
-# each train measurement is capped at 120 s, so the whole run stays under 6 minutes
-timeout 330 python3 -m hrf_jax.cli bench --backbones speechformer conformer \
-  --variants light light_merged large S --frames 651 --repeats 5 --repeats-latency 50 \
-  --scaling speechformer:S --scaling-frames 651 2400 --timeout 120 \
+timeout "${LIMIT:-250}" python3 -m hrf_jax.cli bench \
+  --backbones speechformer conformer convtransformer --variants light light_merged large \
+  --frames 651 --repeats 10 --repeats-latency 50 --scaling speechformer:S \
+  --scaling-frames 651 2400 --pipeline conformer:light --timeout "${CAP:-60}" \
   --out "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2> "$OUT/bench_gpu.log" \
   || echo "bench exited with $? (see bench_gpu.log)" | tee -a "$OUT/bench_gpu.log"
-tail -40 "$OUT/bench_gpu.md" "$OUT/bench_gpu.log"
+cat "$OUT/bench_gpu.md"; grep -v '^\s*$' "$OUT/bench_gpu.log" | tail -30

@@ -236,6 +236,13 @@ def render(result: dict[str, Any]) -> str:
                          f"{_fmt(sc.get('peak_rss_mb'), '.0f')} |")
         out += f"\nGrowth with T (train step, batch {result['batch']}):\n\n" + "\n".join(lines)
         out += "\n"
+    if result.get("pipeline"):
+        out += ("\nInput pipeline (train step, synthetic corpus, T=300):\n\n"
+                "| backbone | variant | in-memory ms/step | pipeline ms/step | overhead |\n"
+                "|---|---|---|---|---|\n")
+        for pc in result["pipeline"]:
+            out += (f"| {pc['backbone']} | {pc['variant']} | {pc['in_memory_ms']:.1f} | "
+                    f"{pc['pipeline_ms']:.1f} | {pc['overhead']:+.1%} |\n")
     for rt in result.get("runtimes", []):
         out += f"\nruntime {json.dumps(rt)}\n"
     return out
@@ -271,6 +278,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["scaling"].append(sc)
     result["runtimes"] = [runtime_latency(p, args.latency_frames, args.repeats_latency)
                           for p in args.exported]
+    result["pipeline"] = []
+    for backbone, variant in [tuple(s.split(":")) for s in args.pipeline]:
+        from benchmarks.pipeline import feed_check
+
+        result["pipeline"].append(feed_check(backbone, variant, batch=args.batch))
+        log(json.dumps(result["pipeline"][-1]))
     return result
 
 
@@ -292,6 +305,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-large-train", action="store_true")
     p.add_argument("--exported", nargs="*", default=[],
                    help=".tflite / .onnx files of a merged model (batch 1, latency-frames)")
+    p.add_argument("--pipeline", nargs="*", default=["conformer:light"],
+                   help="backbone:variant pairs whose step is timed on in-memory batches and "
+                        "on the real input pipeline (synthetic corpus, prepared on first use)")
     p.add_argument("--quick", action="store_true",
                    help="fewer variants, T=300 only, 3 repeats, short scaling: a few minutes")
     p.add_argument("--out", default=None, help="JSON file to write")
