@@ -268,7 +268,9 @@ def lengths_after_conv(lengths: Array, kernel: int = 3, stride: int = 2) -> Arra
 
 def length_mask(lengths: Array, length: int) -> Array:
     """``(B,)`` lengths -> ``(B, length)`` bool prefix mask."""
-    return jnp.arange(length)[None, :] < lengths[:, None]
+    # an iota, not ``jnp.arange(length)[None]``: jax2onnx can export it for a symbolic length
+    iota = jax.lax.broadcasted_iota(lengths.dtype, (lengths.shape[0], length), 1)
+    return iota < lengths[:, None]
 
 
 class MaskedBatchNorm(nn.Module):
@@ -306,6 +308,32 @@ class MaskedBatchNorm(nn.Module):
         return (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
 
 
+class StridedConv3x3(nn.Module):
+    """3x3 stride-2 VALID ``Conv2d`` over ``(B, T, F, C)`` with ``nn.Conv``'s parameter tree.
+
+    With more than one input channel it runs as one matmul over the nine strided taps
+    (im2col): on CPU that was 1.2x (48 channels) to 2x (144 channels) faster than XLA's
+    convolution for forward + backward, same result.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        kernel = self.param("kernel", _default_kernel_init, (3, 3, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        if c == 1:  # a 1-channel conv has no matmul to win; XLA's conv is as fast
+            y = jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        else:
+            t, f = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+            taps = [x[:, i : i + 2 * t - 1 : 2, j : j + 2 * f - 1 : 2] for i in range(3)
+                    for j in range(3)]
+            y = jnp.concatenate(taps, axis=-1) @ kernel.reshape(9 * c, self.features)
+        return y + bias
+
+
 class ConvSubsampling(nn.Module):
     """Two 3x3 stride-2 VALID Conv2d + ReLU, then a linear projection (ESPnet Conv2dSubsampling).
 
@@ -323,7 +351,7 @@ class ConvSubsampling(nn.Module):
         h = x[..., None]
         for i in range(2):
             h = zero_padding(h, mask)
-            h = nn.Conv(self.channels, (3, 3), strides=(2, 2), padding="VALID", name=f"conv_{i}")(h)
+            h = StridedConv3x3(self.channels, name=f"conv_{i}")(h)
             h = nn.relu(h)
             lengths = lengths_after_conv(lengths)
             mask = length_mask(lengths, h.shape[1])

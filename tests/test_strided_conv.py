@@ -1,0 +1,31 @@
+"""StridedConv3x3 (im2col) is ``nn.Conv(3x3, stride 2, VALID)``: same tree, init and output."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hrf_jax.layers import StridedConv3x3
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 12, 1), (2, 17, 12, 5), (1, 8, 7, 3), (3, 3, 3, 4)])
+def test_matches_flax_conv(shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    conv = nn.Conv(6, (3, 3), strides=(2, 2), padding="VALID")
+    ours = StridedConv3x3(6)
+    want_vars = conv.init(jax.random.PRNGKey(1), x)
+    got_vars = ours.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, got_vars) == jax.tree.map(jnp.shape, want_vars)
+    np.testing.assert_array_equal(got_vars["params"]["kernel"], want_vars["params"]["kernel"])
+    variables = {"params": {"kernel": want_vars["params"]["kernel"],
+                            "bias": jax.random.normal(jax.random.PRNGKey(2), (6,))}}
+    with jax.default_matmul_precision("highest"):
+        want = conv.apply(variables, x)
+        got = ours.apply(variables, x)
+        grad = lambda m: jax.grad(lambda v, a: (m.apply(v, a) ** 2).sum(), (0, 1))(variables, x)
+        got_grads, want_grads = grad(ours), grad(conv)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
