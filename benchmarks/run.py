@@ -291,8 +291,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
     p.add_argument("--variants", nargs="+", default=["light", "light_hrf4", "light_merged",
                                                      "large", "S"], choices=list(VARIANTS))
-    p.add_argument("--frames", nargs="+", type=int, default=[300, 651],
-                   help="training crop lengths")
+    p.add_argument("--frames", nargs="*", type=int, default=[300, 651],
+                   help="training crop lengths (none: latency and sizes only)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--latency-frames", type=int, default=300, help="one utterance (3 s)")
     p.add_argument("--scaling", nargs="*", default=["speechformer:light", "speechformer:S"],
