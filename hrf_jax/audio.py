@@ -160,7 +160,10 @@ def logmel_jnp(wave: jnp.ndarray, settings: MelSettings = MelSettings()) -> jnp.
     idx = (np.arange(num_frames)[:, None] * settings.hop_length
            + np.arange(settings.n_fft)[None, :])
     frames = x[..., idx] * jnp.asarray(analysis_window(settings), dtype=jnp.float32)
-    spec = jnp.abs(jnp.fft.rfft(frames, axis=-1)) ** 2
+    c = jnp.fft.rfft(frames, axis=-1)
+    # re^2 + im^2, not abs(c)**2: the same power without a sqrt, and jax2onnx 0.17 converts
+    # abs of a complex rfft to a (..., 2) re/im pair (no magnitude); real/imag convert
+    spec = jnp.real(c) ** 2 + jnp.imag(c) ** 2
     mel = jnp.matmul(spec, jnp.asarray(mel_filterbank(settings), dtype=jnp.float32),
                      precision="highest")
     return jnp.log(jnp.maximum(mel, settings.log_floor))

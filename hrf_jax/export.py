@@ -18,11 +18,13 @@
 5. writes the sidecar ``FILE.json`` (``runtime.sidecar_path``) that ``hrf_jax.runtime`` reads.
 
 Time axis: fixed (``seconds``) for both formats; ONNX can export a symbolic time axis
-(``dynamic_time=True``, features only: the front-end's framing needs a static length).
+(``dynamic_time=True``) for log-Mel input (the front-end's framing needs a static length) and
+the Conformer and ConvTransformer backbones (SpeechFormer's token merging needs a static one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from hrf_jax import runtime
-from hrf_jax.audio import MelSettings, analysis_window, logmel_jnp, mel_filterbank
+from hrf_jax.audio import MelSettings, logmel_jnp
 from hrf_jax.metrics import classification_metrics
 from hrf_jax.models import build_model, get_config
 from hrf_jax.reparam import count_params, fold_batchnorm, hrf_paths, merge_hrf
@@ -126,29 +128,7 @@ def mel_settings(info: dict) -> MelSettings:
     return MelSettings(num_mels=int(info["feature_dim"]))
 
 
-def logmel_graph(wave, settings: MelSettings):
-    """``logmel_jnp`` with the power spectrum as ``re^2 + im^2`` instead of ``|X|^2``.
-
-    jax2onnx 0.17 converts ``abs`` of a complex ``rfft`` to a ``(..., 2)`` real/imag pair
-    without taking the magnitude (the graph then fails shape inference), while ``real`` and
-    ``imag`` convert correctly. Same framing, window and filterbank as ``logmel_jnp``; the
-    parity check compares against ``logmel_jnp`` itself.
-    """
-    x = jnp.asarray(wave, dtype=jnp.float32)
-    n = x.shape[-1]
-    if n < settings.n_fft:
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, settings.n_fft - n)])
-    idx = (np.arange(settings.num_frames(n))[:, None] * settings.hop_length
-           + np.arange(settings.n_fft)[None, :])
-    frames = x[..., idx] * jnp.asarray(analysis_window(settings), dtype=jnp.float32)
-    c = jnp.fft.rfft(frames, axis=-1)
-    spec = jnp.real(c) ** 2 + jnp.imag(c) ** 2
-    mel = jnp.matmul(spec, jnp.asarray(mel_filterbank(settings), dtype=jnp.float32),
-                     precision="highest")
-    return jnp.log(jnp.maximum(mel, settings.log_floor))
-
-
-def graph_fn(model, variables, info: dict, frontend: bool, logmel=logmel_jnp):
+def graph_fn(model, variables, info: dict, frontend: bool):
     """``(signal, length) -> logits (1, C)``: the function that gets exported."""
     settings = mel_settings(info)
     mean = None if info.get("mean") is None else np.asarray(info["mean"], np.float32)
@@ -157,7 +137,7 @@ def graph_fn(model, variables, info: dict, frontend: bool, logmel=logmel_jnp):
 
     def fn(signal, length):
         if frontend:
-            feats = logmel(signal, settings)
+            feats = logmel_jnp(signal, settings)
             frames = 1 + jnp.maximum(length - settings.n_fft, 0) // settings.hop_length
         else:
             feats, frames = signal, length
@@ -220,13 +200,8 @@ def to_tflite(fn, spec: InputSpec, quantize: str = "none", representative=None
         autograph=False)
     concrete = tf_fn.get_concrete_function()
 
-    def converter():
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_fn)
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        return conv
-
-    notes: dict[str, Any] = {"ops": "TFLITE_BUILTINS"}
-    conv = converter()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_fn)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -242,38 +217,173 @@ def to_tflite(fn, spec: InputSpec, quantize: str = "none", representative=None
 
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = gen
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        try:
-            return conv.convert(), {"ops": "TFLITE_BUILTINS_INT8", "io": "float32"}
-        except Exception as exc:  # some ops have no int8 kernel: allow float fallbacks
-            notes = {"ops": "TFLITE_BUILTINS_INT8 + TFLITE_BUILTINS (float fallback)",
-                     "io": "float32", "int8_only_error": str(exc).splitlines()[0][:300]}
-            conv = converter()
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = gen
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                              tf.lite.OpsSet.TFLITE_BUILTINS]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                          tf.lite.OpsSet.TFLITE_BUILTINS]
+        return _full_int8(conv)
     elif quantize != "none":
         raise ValueError(f"unknown quantization {quantize!r}; choose from {QUANTIZE}")
-    return conv.convert(), notes
+    return conv.convert(), {"ops": "TFLITE_BUILTINS"}
+
+
+# Attention masks fill padded keys with a huge negative (jax.nn.dot_product_attention:
+# -0.7 * float32 max; local_attention: float32 min) before the softmax.
+MASK_FILL = 1e30
+
+
+def _full_int8(conv) -> tuple[bytes, dict]:
+    """Full-integer model with float I/O, float only where masking needs it.
+
+    A plain int8 conversion writes a model that aborts the interpreter in ``ADD::Prepare``
+    (``QuantizeMultiplierSmallerThanOneExp``, an output multiplier of ~1e-43): SELECT_V2
+    needs one scale for its operands and result, so the calibrated range of the masked
+    scores (down to the ~-2.4e38 fill) is pushed onto the ``scores + bias`` ADD feeding it,
+    and an int8 SOFTMAX over that range loses all resolution. So: calibrate, set each such
+    select's range to its real data input's range, then quantize with the select and the
+    ops reading it (the softmax) kept in float, so masking stays exact. Uses the private
+    ``_experimental_calibrate_only`` and ``mlir_quantize``, as TensorFlow's own
+    ``QuantizationDebugger`` does.
+    """
+    from tensorflow.lite.python.convert import mlir_quantize
+    from tensorflow.lite.tools import flatbuffer_utils as fb
+
+    conv._experimental_calibrate_only = True
+    model = fb.convert_bytearray_to_object(bytearray(conv.convert()))
+    keep_float = _unfill_mask_ranges(model, fb)
+    blob = mlir_quantize(bytes(fb.convert_object_to_bytearray(model)),
+                         denylisted_nodes=keep_float)
+    return blob, {"ops": "TFLITE_BUILTINS_INT8 + TFLITE_BUILTINS (float fallback)",
+                  "io": "float32", "float_nodes": len(keep_float)}
+
+
+def _unfill_mask_ranges(model, fb) -> list[str]:
+    """Clips the calibrated range of mask-fill selects in ``model`` (a ``ModelT``, edited in
+    place) to their data input's range; returns the node names to keep in float."""
+    keep: list[str] = []
+    for graph in model.subgraphs:
+        readers: dict[int, list] = {}
+        for op in graph.operators:
+            for t in op.inputs:
+                readers.setdefault(int(t), []).append(op)
+        for op in graph.operators:
+            if fb.opcode_to_name(model, op.opcodeIndex) not in ("SELECT", "SELECT_V2"):
+                continue
+            out = graph.tensors[op.outputs[0]]
+            q = out.quantization
+            if q is None or q.min is None or not len(q.min) or \
+                    max(-float(np.min(q.min)), float(np.max(q.max))) < MASK_FILL:
+                continue
+            # the non-constant value operands: calibrated activations
+            data = [graph.tensors[t].quantization for t in op.inputs[1:]
+                    if model.buffers[graph.tensors[t].buffer].data is None]
+            data = [d for d in data if d is not None and d.min is not None and len(d.min)]
+            if not data:
+                continue
+            q.min = np.asarray([min(float(np.min(d.min)) for d in data)], np.float32)
+            q.max = np.asarray([max(float(np.max(d.max)) for d in data)], np.float32)
+            keep.append(out.name.decode())
+            keep += [graph.tensors[r.outputs[0]].name.decode()
+                     for r in readers.get(int(op.outputs[0]), [])]
+    return keep
+
+
+# Shortest input of a dynamic-time ONNX model, in frames: the backbones that export one
+# subsample by two 3x3 stride-2 VALID convs (7 frames or more give a frame); jax needs the
+# bound to decide the subsampled shapes, and the runtime zero-pads shorter input (masked).
+MIN_DYNAMIC_FRAMES = 16
+DYNAMIC_TIME_BACKBONES = ("conformer", "convtransformer")
+
+
+@contextlib.contextmanager
+def _jax2onnx_fixes():
+    """Two ``jax.numpy`` functions that jax2onnx 0.17 replaces, fixed while tracing.
+
+    * ``jnp.where(mask, x, 0)`` of a float32 ``x`` gives float64 there (the Python scalar
+      loses its weak type), which reaches convolutions and concatenations as mixed
+      float32/float64 (``TypeError`` in ``lax.conv_general_dilated``, or an ONNX file that
+      fails type checking): both branches are cast to JAX's own result type first.
+    * ``jnp.arange`` over a symbolic length gets a data-dependent size that the next
+      indexing cannot handle (``AttributeError: '_DynamicDimSentinel' object has no
+      attribute 'rmax'``; the positional encodings call ``jnp.arange(T)`` and
+      ``jnp.arange(T - 1, -T, -1)``): it becomes an iota, which keeps the symbolic size.
+    """
+    where, arange = jnp.where, jnp.arange
+
+    def typed_where(condition, x=None, y=None, **kwargs):
+        if x is not None and y is not None:
+            dtype = jnp.result_type(x, y)
+            x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+        return where(condition, x, y, **kwargs)
+
+    def iota_arange(start, stop=None, step=None, dtype=None, **kwargs):
+        if not any(jax.export.is_symbolic_dim(v) for v in (start, stop, step)):
+            return arange(*[v for v in (start, stop, step) if v is not None], dtype=dtype,
+                          **kwargs)
+        start, stop = (0, start) if stop is None else (start, stop)
+        step = 1 if step is None else step
+        if step not in (1, -1):
+            raise ValueError(f"symbolic jnp.arange with step {step} is not supported")
+        return start + step * jax.lax.iota(dtype or jnp.int32, (stop - start) * step)
+
+    jnp.where, jnp.arange = typed_where, iota_arange
+    try:
+        yield
+    finally:
+        jnp.where, jnp.arange = where, arange
+
+
+@contextlib.contextmanager
+def _shared_symbolic_scopes():
+    """Deep copies of a symbolic shape share its scope while jax2onnx converts.
+
+    jax2onnx 0.17 deep-copies gather instructions, symbolic dimensions included, and jax's
+    ``SymbolicScope`` cannot be deep-copied once it has constraints (``AttributeError:
+    'SymbolicScope' object has no attribute '_normalization_rules'``; the Conformer's
+    relative-position gather hits it). A scope is never changed after it is built, so a copy
+    may be the scope itself.
+    """
+    from jax._src.export import shape_poly
+
+    scope = shape_poly.SymbolicScope
+    had = "__deepcopy__" in vars(scope)
+    old = vars(scope).get("__deepcopy__")
+    scope.__deepcopy__ = lambda self, memo: self
+    try:
+        yield
+    finally:
+        if had:
+            scope.__deepcopy__ = old
+        else:
+            del scope.__deepcopy__
 
 
 def to_onnx(fn, spec: InputSpec) -> tuple[bytes, dict]:
     """ONNX model bytes of ``fn`` (a symbolic ``T`` when ``spec.length is None``)."""
     from jax2onnx import to_onnx as _to_onnx
 
+    signal: Any = spec.shape
+    if spec.length is None:
+        (t,) = jax.export.symbolic_shape("T", constraints=(f"T >= {MIN_DYNAMIC_FRAMES}",))
+        signal = jax.ShapeDtypeStruct((1, t, spec.feature_dim), jnp.float32)
+
+    def traced(x, length):
+        with _jax2onnx_fixes():
+            return fn(x, length)
+
     try:
-        model = _to_onnx(fn, [spec.shape, jax.ShapeDtypeStruct((1,), jnp.int32)],
-                         model_name="hrf_jax_ser", input_names=["signal", "length"],
-                         output_names=["logits"])
+        with _shared_symbolic_scopes() if spec.length is None else contextlib.nullcontext():
+            model = _to_onnx(traced, [signal, jax.ShapeDtypeStruct((1,), jnp.int32)],
+                             model_name="hrf_jax_ser", input_names=["signal", "length"],
+                             output_names=["logits"])
     except Exception as exc:
         if spec.length is not None:
             raise
-        # jax2onnx 0.17 cannot index a symbolic dimension: ``jnp.arange(T)[None, :]`` (as in
-        # layers.length_mask) fails with "_DynamicDimSentinel ... rmax"
+        # SpeechFormer's token merging pads T to a multiple of the merge size and reshapes
+        # with -1: jax cannot prove the symbolic size divides (InconclusiveDimensionOperation)
         raise ValueError(f"jax2onnx could not export a symbolic time axis for this model "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); export "
-                         f"with a fixed --seconds instead") from exc
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                         f"--dynamic-time works for ONNX with log-Mel input and the "
+                         f"{' / '.join(DYNAMIC_TIME_BACKBONES)} backbones; export with a fixed "
+                         f"--seconds instead") from exc
     return model.SerializeToString(), {"opset": int(model.opset_import[0].version)}
 
 
@@ -425,8 +535,7 @@ def export_model(fmt: str, out: str | os.PathLike, *, workdir=None, checkpoint=N
         raise ValueError(f"--out {out} should end in .{fmt}")
     src = load_source(workdir, checkpoint)
     spec = input_spec(src.info, frontend, seconds, dynamic_time)
-    fn = graph_fn(src.model, src.variables, src.info, frontend,
-                  logmel=logmel_graph if fmt == "onnx" else logmel_jnp)
+    fn = graph_fn(src.model, src.variables, src.info, frontend)
 
     t0 = time.perf_counter()
     if fmt == "tflite":
@@ -482,6 +591,7 @@ def export_model(fmt: str, out: str | os.PathLike, *, workdir=None, checkpoint=N
         "input": {"name": "signal", "kind": "audio" if frontend else "logmel",
                   "shape": list(spec.shape), "dtype": "float32",
                   "dynamic_time": spec.length is None,
+                  "min_time": MIN_DYNAMIC_FRAMES if spec.length is None else None,
                   "seconds": None if spec.length is None else seconds},
         "length_input": {"name": "length", "shape": [1], "dtype": "int32",
                          "unit": "samples" if frontend else "frames"},
@@ -548,7 +658,8 @@ def register(subparsers) -> None:
                    help="graph takes raw 16 kHz mono audio (log-Mel + normalisation inside)")
     p.add_argument("--seconds", type=float, default=3.0, help="fixed input length")
     p.add_argument("--dynamic-time", action="store_true",
-                   help="ONNX, log-Mel input only: symbolic time axis instead of --seconds")
+                   help="ONNX, log-Mel input, conformer / convtransformer only: symbolic "
+                        "time axis instead of --seconds")
     p.add_argument("--quantize", default="none", choices=QUANTIZE, help="LiteRT only")
     p.add_argument("--num-check", type=int, default=16,
                    help="utterances for the float32 parity check")

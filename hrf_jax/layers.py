@@ -248,7 +248,9 @@ def sinusoidal_encoding(positions: Array, dim: int) -> Array:
 
 def zero_padding(x: Array, mask: Array) -> Array:
     """Zeros padded frames: ``x (B, T, ...)``, ``mask (B, T)``; also clears NaN/inf there."""
-    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, 0)
+    # a typed zero: exporters that rewrite ``where`` must not promote the result to float64
+    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x,
+                     jnp.zeros((), x.dtype))
 
 
 def masked_mean(x: Array, mask: Array) -> Array:
@@ -311,19 +313,21 @@ class MaskedBatchNorm(nn.Module):
 class StridedConv3x3(nn.Module):
     """3x3 stride-2 VALID ``Conv2d`` over ``(B, T, F, C)`` with ``nn.Conv``'s parameter tree.
 
-    With more than one input channel it runs as one matmul over the nine strided taps
-    (im2col): on CPU that was 1.2x (48 channels) to 2x (144 channels) faster than XLA's
-    convolution for forward + backward, same result.
+    ``im2col=True`` (training) runs a conv with input channels as one matmul over the nine
+    strided taps: on CPU 1.2x (48 channels) to 2x (144 channels) faster than XLA's
+    convolution for forward + backward, same result. Inference and export keep the
+    convolution: LiteRT ran the im2col graph (strided slices, concat, fully-connected)
+    3x slower than its CONV_2D kernel.
     """
 
     features: int
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, im2col: bool = False) -> Array:
         c = x.shape[-1]
         kernel = self.param("kernel", _default_kernel_init, (3, 3, c, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        if c == 1:  # a 1-channel conv has no matmul to win; XLA's conv is as fast
+        if c == 1 or not im2col:  # a 1-channel conv has no matmul to win
             y = jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
         else:
@@ -346,12 +350,12 @@ class ConvSubsampling(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask: Array, *, train: bool = False) -> tuple[Array, Array]:
         lengths = mask.sum(axis=-1)
         h = x[..., None]
         for i in range(2):
             h = zero_padding(h, mask)
-            h = StridedConv3x3(self.channels, name=f"conv_{i}")(h)
+            h = StridedConv3x3(self.channels, name=f"conv_{i}")(h, im2col=train)
             h = nn.relu(h)
             lengths = lengths_after_conv(lengths)
             mask = length_mask(lengths, h.shape[1])

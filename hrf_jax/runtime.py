@@ -18,7 +18,8 @@ Models take two inputs: the signal (``(1, N)`` 16 kHz audio for ``--frontend`` e
 of valid samples / frames; the graph masks everything after it, so zero padding never changes
 a prediction. Fixed-length models see audio in windows of the exported length: shorter audio
 is zero-padded, longer audio is cut into consecutive windows whose probabilities are averaged
-(weighted by their valid length). Models with a dynamic time axis take the whole utterance.
+(weighted by their valid length). Models with a dynamic time axis take the whole utterance
+(zero-padded to the sidecar's ``min_time`` frames when shorter).
 
 Models without the front-end need log-Mel features: :func:`logmel` is a small numpy copy of
 ``hrf_jax.audio.logmel_np`` driven by the sidecar's ``mel`` settings (kept here so that this
@@ -237,6 +238,7 @@ class ExportedModel:
         self.frontend: bool = bool(self.meta["frontend"])
         self._time = None if self.meta["input"]["dynamic_time"] else \
             int(self.meta["input"]["shape"][1])
+        self._min_time = int(self.meta["input"].get("min_time") or 0)
         self._run = open_backend(self.path, num_threads)
 
     def signal(self, wave: np.ndarray) -> np.ndarray:
@@ -249,6 +251,9 @@ class ExportedModel:
         """(num_windows, C) logits and (num_windows,) valid lengths of a time-first signal."""
         logits, lengths = [], []
         for piece, valid in windows(signal, self._time):
+            if len(piece) < self._min_time:  # a dynamic-time graph's shortest input (masked)
+                pad = np.zeros((self._min_time - len(piece), *piece.shape[1:]), np.float32)
+                piece = np.concatenate([piece, pad])
             out = self._run(piece[None], np.asarray([valid], np.int32))
             logits.append(np.asarray(out, np.float32)[0])
             lengths.append(valid)

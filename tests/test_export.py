@@ -3,7 +3,8 @@
 Conversions are slow on 2 cores (several seconds each), so the combinations are spread out
 rather than crossed: every backbone is exported once in float32 (Conformer to both formats
 and with the front-end; SpeechFormer to LiteRT; ConvTransformer to ONNX with the front-end),
-ONNX's dynamic time axis once, and the three LiteRT quantizations on the light Conformer.
+ONNX's dynamic time axis once (and its refusal for SpeechFormer), and the three LiteRT
+quantizations on the light Conformer.
 """
 
 import json
@@ -94,11 +95,41 @@ def test_sidecar_content(exported, runs):
     assert exported["speechformer.tflite"][1]["source"]["batchnorm_folded"] is False
 
 
-def test_onnx_dynamic_time_reports_converter_limit(runs, tmp_path):
-    """A symbolic T is tried but jax2onnx 0.17 fails inside the models' length masks
-    (``jnp.arange(T)[None, :]``); the export says so instead of writing a broken file."""
-    with pytest.raises(ValueError, match="symbolic time axis"):
-        export_model("onnx", tmp_path / "dyn.onnx", workdir=runs["conformer"],
+def test_onnx_dynamic_time(runs, tmp_path):
+    """One ONNX file with a symbolic T matches JAX at several lengths (padding masked, and
+    shorter than its ``min_time`` through the runtime's zero-padding)."""
+    import jax
+
+    from hrf_jax.export import MIN_DYNAMIC_FRAMES, graph_fn, load_source
+
+    out = tmp_path / "dyn.onnx"
+    meta = export_model("onnx", out, workdir=runs["conformer"], dynamic_time=True, num_check=4)
+    assert meta["input"]["shape"][1] == "T" and meta["input"]["dynamic_time"] is True
+    assert meta["input"]["min_time"] == MIN_DYNAMIC_FRAMES
+    assert meta["parity"]["max_abs_logit_diff"] <= FP32_TOLERANCE
+    src = load_source(workdir=runs["conformer"])
+    ref = jax.jit(graph_fn(src.reference_model, src.reference_variables, src.info, False))
+    run = runtime.open_backend(out)
+    rng = np.random.default_rng(0)
+    for frames, valid in ((137, 137), (411, 380)):
+        x = rng.standard_normal((1, frames, src.info["feature_dim"])).astype(np.float32)
+        length = np.asarray([valid], np.int32)
+        with jax.default_matmul_precision("highest"):
+            want = np.asarray(ref(x, length))
+        np.testing.assert_allclose(run(x, length), want, atol=FP32_TOLERANCE)
+    short = rng.standard_normal((10, src.info["feature_dim"])).astype(np.float32)
+    with jax.default_matmul_precision("highest"):
+        want = np.asarray(ref(short[None], np.asarray([10], np.int32)))[0]
+    got, lengths = runtime.ExportedModel(out).logits_windows(short)
+    assert lengths.tolist() == [10]
+    np.testing.assert_allclose(got[0], want, atol=FP32_TOLERANCE)
+
+
+def test_onnx_dynamic_time_refused_for_speechformer(runs, tmp_path):
+    """SpeechFormer's token merging (pad T to a multiple, reshape with -1) has no symbolic
+    form jax can prove: the export says which backbones work instead of writing a file."""
+    with pytest.raises(ValueError, match="conformer / convtransformer"):
+        export_model("onnx", tmp_path / "dyn.onnx", workdir=runs["speechformer"],
                      dynamic_time=True, num_check=4)
     assert not list(tmp_path.iterdir())
 
@@ -107,13 +138,8 @@ def test_quantized_litert(runs, tmp_path):
     sizes = {}
     for quantize in ("fp16", "int8-dynamic", "int8"):
         out = tmp_path / f"q_{quantize}.tflite"
-        try:
-            meta = export_model("tflite", out, workdir=runs["conformer"], quantize=quantize,
-                                num_check=4, eval_limit=12, calibration=8)
-        except ValueError as err:  # ai-edge-litert 2.3 aborts on the full-int8 Conformer
-            assert quantize == "int8" and "interpreter failed" in str(err)
-            assert not out.exists()
-            continue
+        meta = export_model("tflite", out, workdir=runs["conformer"], quantize=quantize,
+                            num_check=4, eval_limit=12, calibration=8)
         ev = meta["parity"]["evaluation"]
         assert ev["utterances"] == 12
         for key in ("exported", "fp32_jax"):
@@ -121,8 +147,14 @@ def test_quantized_litert(runs, tmp_path):
         assert 0.0 <= ev["prediction_agreement"] <= 1.0
         assert np.isfinite(meta["parity"]["max_abs_logit_diff"])
         sizes[quantize] = meta["size_bytes"]
+        if quantize == "int8":
+            # float only where attention masks need it (the mask select and its softmax)
+            assert meta["conversion"]["float_nodes"] > 0
+            # loose: 1 epoch on the tiny corpus; the demo's light model agrees on 98% (README)
+            assert meta["parity"]["argmax_agreement"] >= 0.75
+            assert ev["prediction_agreement"] >= 0.8
     assert sizes["int8-dynamic"] < sizes["fp16"]
-    assert sizes.get("int8", 0) < sizes["fp16"]
+    assert sizes["int8"] < sizes["fp16"]
 
 
 def test_parity_failure_is_reported(runs, exported, tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""StridedConv3x3 (im2col) is ``nn.Conv(3x3, stride 2, VALID)``: same tree, init and output."""
+"""StridedConv3x3, conv or im2col, is nn.Conv(3x3, stride 2, VALID): same tree, init, output."""
 
 import flax.linen as nn
 import jax
@@ -9,8 +9,9 @@ import pytest
 from hrf_jax.layers import StridedConv3x3
 
 
+@pytest.mark.parametrize("im2col", [True, False])
 @pytest.mark.parametrize("shape", [(2, 17, 12, 1), (2, 17, 12, 5), (1, 8, 7, 3), (3, 3, 3, 4)])
-def test_matches_flax_conv(shape):
+def test_matches_flax_conv(shape, im2col):
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     conv = nn.Conv(6, (3, 3), strides=(2, 2), padding="VALID")
     ours = StridedConv3x3(6)
@@ -22,9 +23,11 @@ def test_matches_flax_conv(shape):
                             "bias": jax.random.normal(jax.random.PRNGKey(2), (6,))}}
     with jax.default_matmul_precision("highest"):
         want = conv.apply(variables, x)
-        got = ours.apply(variables, x)
-        grad = lambda m: jax.grad(lambda v, a: (m.apply(v, a) ** 2).sum(), (0, 1))(variables, x)
-        got_grads, want_grads = grad(ours), grad(conv)
+        got = ours.apply(variables, x, im2col=im2col)
+        def grads(fn):
+            return jax.grad(lambda v, a: (fn(v, a) ** 2).sum(), (0, 1))(variables, x)
+        got_grads = grads(lambda v, a: ours.apply(v, a, im2col=im2col))
+        want_grads = grads(conv.apply)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):

@@ -126,7 +126,8 @@ class Conformer(nn.Module):
         if cfg.pos_enc not in ("rel", "abs"):
             raise ValueError(f"pos_enc must be 'rel' or 'abs', got {cfg.pos_enc!r}")
         channels = cfg.subsampling_channels or cfg.d_model
-        x, mask = ConvSubsampling(channels, cfg.d_model, name="subsampling")(feats, mask)
+        subsample = ConvSubsampling(channels, cfg.d_model, name="subsampling")
+        x, mask = subsample(feats, mask, train=train)
         # ESPnet scales the embedding by sqrt(d) for both positional-encoding types
         x = x * jnp.sqrt(float(cfg.d_model))
         if cfg.pos_enc == "abs":

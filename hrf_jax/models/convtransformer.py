@@ -58,7 +58,8 @@ class ConvTransformer(nn.Module):
     def __call__(self, feats: Array, mask: Array, *, train: bool = False) -> Array:
         cfg = self.cfg
         channels = cfg.subsampling_channels or cfg.d_model
-        x, mask = ConvSubsampling(channels, cfg.d_model, name="subsampling")(feats, mask)
+        subsample = ConvSubsampling(channels, cfg.d_model, name="subsampling")
+        x, mask = subsample(feats, mask, train=train)
         x = x * jnp.sqrt(float(cfg.d_model)) + sinusoidal_encoding(
             jnp.arange(x.shape[1]), cfg.d_model
         )
