@@ -91,6 +91,33 @@ def inference(backbone: str, variant: str, frames: int, repeats: int) -> dict[st
             "latency_ms": latency * 1e3}
 
 
+def paired_latency(backbone: str, frames: int, repeats: int) -> dict[str, Any]:
+    """Plain light model vs the merged HRF tree on it, called alternately in one process so
+    that drift on a shared machine hits both: the method's promise is a ratio of 1."""
+    import jax
+
+    from hrf_jax.reparam import merge_hrf
+
+    feats = np.random.default_rng(0).standard_normal((1, frames, FEAT_DIM)).astype(np.float32)
+    mask = np.ones((1, frames), bool)
+    plain = _build(backbone, "light")
+    fn = jax.jit(lambda v, x, m: plain.apply(v, x, m, train=False))
+    trees = {"light": plain.init(jax.random.PRNGKey(0), feats, mask),
+             "light_merged": merge_hrf(_build(backbone, "light_hrf4").init(
+                 jax.random.PRNGKey(0), feats, mask))}
+    compiled = {k: fn.lower(v, feats, mask).compile() for k, v in trees.items()}
+    times: dict[str, list[float]] = {k: [] for k in trees}
+    for i in range(repeats + 3):
+        for k in (("light", "light_merged") if i % 2 else ("light_merged", "light")):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled[k](trees[k], feats, mask))
+            if i >= 3:  # warm-up
+                times[k].append(time.perf_counter() - t0)
+    ms = {k: float(np.median(v) * 1e3) for k, v in times.items()}
+    return {"backbone": backbone, "frames": frames, "light_ms": ms["light"],
+            "merged_ms": ms["light_merged"], "ratio": ms["light_merged"] / ms["light"]}
+
+
 def train_worker(backbone: str, variant: str, frames: int, batch: int,
                  repeats: int) -> dict[str, Any]:
     """One train-step measurement (run in its own process): time, FLOPs, peak RSS."""
@@ -209,7 +236,9 @@ def render(result: dict[str, Any]) -> str:
     """Markdown tables of a ``run`` result."""
     peak = result["matmul_peak_gflops"]
     t_cols = result["train_frames"]
-    head = ["backbone", "variant", "params", "MFLOPs fwd (3 s)", "latency ms (B=1, 3 s)"]
+    frames = result.get("latency_frames", 300)
+    head = ["backbone", "variant", "params", f"MFLOPs fwd (T={frames})",
+            f"latency ms (B=1, T={frames})"]
     for t in t_cols:
         head += [f"step ms T={t}", f"utt/s T={t}", f"MFU T={t}", f"peak RSS MB T={t}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -222,7 +251,10 @@ def render(result: dict[str, Any]) -> str:
             cells += [_fmt(tr.get("step_ms"), ".0f"), _fmt(tr.get("utt_per_s")),
                       _fmt(mfu, ".1%"), _fmt(tr.get("peak_rss_mb"), ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
-    out = "\n".join(lines) + f"\n\nfp32 matmul peak (2048^3, jax): {peak:.1f} GFLOP/s\n"
+    out = "\n".join(lines) + (
+        f"\n\nfp32 matmul peak (2048^3, jax; MFU divides by it): {peak:.1f} GFLOP/s "
+        f"(start {result.get('matmul_peak_gflops_start', peak):.1f}, "
+        f"end {result.get('matmul_peak_gflops_end', peak):.1f})\n")
     if result.get("scaling"):
         lines = ["| backbone | variant | T | step ms | x step at 651 | peak RSS MB |",
                  "|---|---|---|---|---|---|"]
@@ -236,6 +268,13 @@ def render(result: dict[str, Any]) -> str:
                          f"{_fmt(sc.get('peak_rss_mb'), '.0f')} |")
         out += f"\nGrowth with T (train step, batch {result['batch']}):\n\n" + "\n".join(lines)
         out += "\n"
+    if result.get("paired"):
+        out += ("\nMerged HRF vs plain light model, one utterance, calls alternated in one "
+                "process:\n\n| backbone | T | plain ms | merged ms | merged / plain |\n"
+                "|---|---|---|---|---|\n")
+        for pr in result["paired"]:
+            out += (f"| {pr['backbone']} | {pr['frames']} | {pr['light_ms']:.3f} | "
+                    f"{pr['merged_ms']:.3f} | {pr['ratio']:.3f} |\n")
     if result.get("pipeline"):
         out += ("\nInput pipeline (train step, synthetic corpus, T=300):\n\n"
                 "| backbone | variant | in-memory ms/step | pipeline ms/step | overhead |\n"
@@ -254,8 +293,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "batch": args.batch,
                               "train_frames": args.frames, "latency_frames": args.latency_frames,
                               "command": " ".join(sys.argv), "rows": [], "scaling": []}
-    result["matmul_peak_gflops"] = matmul_peak_gflops()
-    log(f"matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s")
+    result["matmul_peak_gflops_start"] = matmul_peak_gflops()
+    log(f"matmul peak {result['matmul_peak_gflops_start']:.1f} GFLOP/s")
     for backbone in args.backbones:
         for variant in args.variants:
             if variant == "S" and backbone != "speechformer":
@@ -276,8 +315,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   **train(backbone, variant, t, args.batch, args.repeats, args.timeout)}
             log(json.dumps(sc))
             result["scaling"].append(sc)
+    result["paired"] = [paired_latency(b, args.latency_frames, args.repeats_paired)
+                        for b in args.backbones if args.repeats_paired]
+    for pair in result["paired"]:
+        log(json.dumps(pair))
     result["runtimes"] = [runtime_latency(p, args.latency_frames, args.repeats_latency)
                           for p in args.exported]
+    # measured again at the end: a neighbour can slow the machine for a while, and a low
+    # peak would flatter the MFU, so MFU uses the higher of the two
+    result["matmul_peak_gflops_end"] = matmul_peak_gflops()
+    result["matmul_peak_gflops"] = max(result["matmul_peak_gflops_start"],
+                                       result["matmul_peak_gflops_end"])
     result["pipeline"] = []
     for backbone, variant in [tuple(s.split(":")) for s in args.pipeline]:
         from benchmarks.pipeline import feed_check
@@ -301,6 +349,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=[150, 300, 651, 1200, 2400])
     p.add_argument("--repeats", type=int, default=5, help="timed train steps")
     p.add_argument("--repeats-latency", type=int, default=30)
+    p.add_argument("--repeats-paired", type=int, default=200,
+                   help="alternated plain/merged latency calls per backbone (0: skip)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per train measurement")
     p.add_argument("--skip-large-train", action="store_true")
     p.add_argument("--exported", nargs="*", default=[],
