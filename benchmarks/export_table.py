@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import pathlib
-import platform
 import shlex
 import subprocess
 import sys
@@ -109,16 +108,11 @@ def cached(fn):
 
 
 def machine() -> dict[str, Any]:
+    """``benchmarks.run.machine()`` plus the converter/runtime versions and the code's commit."""
     import importlib.metadata as md
 
-    cpu = platform.processor()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchmarks.run import machine as base_machine
+
     versions = {}
     for name in ("jax", "tensorflow-cpu", "ai-edge-litert", "onnxruntime", "jax2onnx"):
         try:
@@ -133,9 +127,7 @@ def machine() -> dict[str, Any]:
         commit = head + (" + uncommitted hrf_jax changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         commit = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "versions": versions, "commit": commit,
-            "note": "shared machine: another CPU benchmark may run on the same cores"}
+    return {**base_machine(), "versions": versions, "commit": commit}
 
 
 def measure(runs: pathlib.Path, model_dir: pathlib.Path, repeats: int, rounds: int,
@@ -196,8 +188,9 @@ def render(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`",
         "",
         f"Code: {m['commit']}. Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f". {m['note']}: "
-        "latencies are medians and noisy.",
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
+        + (f"Load average at start {m['load_avg_at_start'][0]:.2f}"
+           if "load_avg_at_start" in m else m.get("note", "")) + ".",
         "",
         f"Input: log-Mel features of one {s['seconds']:g} s utterance ({s['frames']} frames, "
         "the exported window). Latency: `hrf_jax/runtime.py` backend, 1 thread, median of "

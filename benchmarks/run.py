@@ -232,6 +232,13 @@ def _fmt(x: Any, spec: str = ",.1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _section(title: str, head: list[str], rows: list[list[Any]]) -> str:
+    """A titled markdown table."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return f"\n{title}\n\n" + "\n".join(lines) + "\n"
+
+
 def render(result: dict[str, Any]) -> str:
     """Markdown tables of a ``run`` result."""
     peak = result["matmul_peak_gflops"]
@@ -256,32 +263,31 @@ def render(result: dict[str, Any]) -> str:
         f"(start {result.get('matmul_peak_gflops_start', peak):.1f}, "
         f"end {result.get('matmul_peak_gflops_end', peak):.1f})\n")
     if result.get("scaling"):
-        lines = ["| backbone | variant | T | step ms | x step at 651 | peak RSS MB |",
-                 "|---|---|---|---|---|---|"]
+        rows = []
         for sc in result["scaling"]:
             ref = next((s.get("step_ms") for s in result["scaling"]
                         if s["frames"] == 651 and s["variant"] == sc["variant"]
                         and s["backbone"] == sc["backbone"]), None)
             ratio = sc["step_ms"] / ref if ref and "step_ms" in sc else None
-            lines.append(f"| {sc['backbone']} | {sc['variant']} | {sc['frames']} | "
-                         f"{_fmt(sc.get('step_ms'), '.0f')} | {_fmt(ratio, '.2f')} | "
-                         f"{_fmt(sc.get('peak_rss_mb'), '.0f')} |")
-        out += f"\nGrowth with T (train step, batch {result['batch']}):\n\n" + "\n".join(lines)
-        out += "\n"
+            rows.append([sc["backbone"], sc["variant"], sc["frames"],
+                         _fmt(sc.get("step_ms"), ".0f"), _fmt(ratio, ".2f"),
+                         _fmt(sc.get("peak_rss_mb"), ".0f")])
+        out += _section(f"Growth with T (train step, batch {result['batch']}):",
+                        ["backbone", "variant", "T", "step ms", "x step at 651", "peak RSS MB"],
+                        rows)
     if result.get("paired"):
-        out += ("\nMerged HRF vs plain light model, one utterance, calls alternated in one "
-                "process:\n\n| backbone | T | plain ms | merged ms | merged / plain |\n"
-                "|---|---|---|---|---|\n")
-        for pr in result["paired"]:
-            out += (f"| {pr['backbone']} | {pr['frames']} | {pr['light_ms']:.3f} | "
-                    f"{pr['merged_ms']:.3f} | {pr['ratio']:.3f} |\n")
+        out += _section(
+            "Merged HRF vs plain light model, one utterance, calls alternated in one process:",
+            ["backbone", "T", "plain ms", "merged ms", "merged / plain"],
+            [[p["backbone"], p["frames"], f"{p['light_ms']:.3f}", f"{p['merged_ms']:.3f}",
+              f"{p['ratio']:.3f}"] for p in result["paired"]])
     if result.get("pipeline"):
-        out += ("\nInput pipeline (train step, synthetic corpus, T=300):\n\n"
-                "| backbone | variant | in-memory ms/step | pipeline ms/step | overhead |\n"
-                "|---|---|---|---|---|\n")
-        for pc in result["pipeline"]:
-            out += (f"| {pc['backbone']} | {pc['variant']} | {pc['in_memory_ms']:.1f} | "
-                    f"{pc['pipeline_ms']:.1f} | {pc['overhead']:+.1%} |\n")
+        frames = result["pipeline"][0]["frames"]
+        out += _section(
+            f"Input pipeline (train step, synthetic corpus, T={frames}):",
+            ["backbone", "variant", "in-memory ms/step", "pipeline ms/step", "overhead"],
+            [[p["backbone"], p["variant"], f"{p['in_memory_ms']:.1f}",
+              f"{p['pipeline_ms']:.1f}", f"{p['overhead']:+.1%}"] for p in result["pipeline"]])
     for rt in result.get("runtimes", []):
         out += f"\nruntime {json.dumps(rt)}\n"
     return out

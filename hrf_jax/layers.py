@@ -248,9 +248,7 @@ def sinusoidal_encoding(positions: Array, dim: int) -> Array:
 
 def zero_padding(x: Array, mask: Array) -> Array:
     """Zeros padded frames: ``x (B, T, ...)``, ``mask (B, T)``; also clears NaN/inf there."""
-    # a typed zero: exporters that rewrite ``where`` must not promote the result to float64
-    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x,
-                     jnp.zeros((), x.dtype))
+    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, 0)
 
 
 def masked_mean(x: Array, mask: Array) -> Array:
