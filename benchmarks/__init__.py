@@ -1,1 +1,2 @@
-"""Speed, memory and size benchmarks of hrf-jax (``hrf-jax bench``); never asserted in tests."""
+"""Benchmarks that need a source checkout (``export_table``) and their committed results;
+``hrf-jax bench`` itself lives in ``hrf_jax.bench``. Never asserted in tests."""

@@ -108,10 +108,11 @@ def cached(fn):
 
 
 def machine() -> dict[str, Any]:
-    """``benchmarks.run.machine()`` plus the converter/runtime versions and the code's commit."""
+    """``hrf_jax.bench.machine.machine()`` plus the converter/runtime versions and the code's
+    commit."""
     import importlib.metadata as md
 
-    from benchmarks.run import machine as base_machine
+    from hrf_jax.bench.machine import machine as base_machine
 
     versions = {}
     for name in ("jax", "tensorflow-cpu", "ai-edge-litert", "onnxruntime", "jax2onnx"):
@@ -132,8 +133,9 @@ def machine() -> dict[str, Any]:
 
 def measure(runs: pathlib.Path, model_dir: pathlib.Path, repeats: int, rounds: int,
             models: Sequence[str]) -> dict[str, Any]:
-    from hrf_jax import export as ex
     from hrf_jax import runtime
+    from hrf_jax.export import export_model, input_spec, load_source
+    from hrf_jax.export.parity import evaluate_split, reference
 
     rows: list[dict[str, Any]] = []
     for name in models:
@@ -143,17 +145,16 @@ def measure(runs: pathlib.Path, model_dir: pathlib.Path, repeats: int, rounds: i
             from hrf_jax.deploy import merge_run
 
             merge_run(str(runs / pathlib.Path(sub).parent))
-        src = ex.load_source(**source)
-        spec = ex.input_spec(src.info, False, SECONDS, False)
-        reference = cached(ex._reference(src, False))
+        src = load_source(**source)
+        spec = input_spec(src.info, False, SECONDS, False)
+        jax_fp32 = cached(reference(src, False))
         for fmt, quantize in VARIANTS:
             out = model_dir / f"{name}_{quantize}.{fmt}"
             t0 = time.perf_counter()
-            meta = ex.export_model(fmt, out, **source, seconds=SECONDS, quantize=quantize,
-                                   num_check=16, eval_limit=16)
+            meta = export_model(fmt, out, **source, seconds=SECONDS, quantize=quantize,
+                                num_check=16, eval_limit=16)
             export_s = time.perf_counter() - t0
-            ev = ex.evaluate_split(runtime.open_backend(out), reference, src, spec, "test",
-                                   10**9)
+            ev = evaluate_split(runtime.open_backend(out), jax_fp32, src, spec, "test", 10**9)
             rows.append({
                 "model": name, "format": fmt, "quantize": quantize, "file": str(out),
                 "size_kb": out.stat().st_size / 1024,
@@ -223,7 +224,7 @@ def render(result: dict[str, Any]) -> str:
     lines += [
         "",
         "`int8` is full-integer with float32 input/output; per attention layer the mask select "
-        "and its softmax stay float (see `hrf_jax/export.py`, `_full_int8`). `fp16` stores "
+        "and its softmax stay float (see `hrf_jax/export/litert.py`, `_full_int8`). `fp16` stores "
         "float16 weights that the CPU interpreter expands to float32 when loading; "
         "`int8-dynamic` stores int8 weights and quantizes activations at run time. ONNX "
         "exports are float32 only.",

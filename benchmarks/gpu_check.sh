@@ -17,7 +17,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCAT
 export HRF_JAX_DATA="${HRF_JAX_DATA:-/tmp/hrf_data}"  # the grid's prepared corpus, if there
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
-timeout "${LIMIT:-540}" python3 -m hrf_jax.cli bench \
+timeout "${LIMIT:-540}" python3 -m hrf_jax bench \
   --backbones speechformer conformer convtransformer --variants light light_merged large \
   --frames 651 --repeats 10 --repeats-latency 50 --scaling speechformer:S \
   --scaling-frames 651 2400 --pipeline conformer:light --timeout "${CAP:-180}" \

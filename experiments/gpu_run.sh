@@ -17,7 +17,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export HRF_JAX_DATA=/tmp/hrf_data JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
 t0=$(date +%s)
-python3 -m hrf_jax.cli prepare synthetic --workers 16 > "$out/prepare.log" 2>&1 || exit 1
+python3 -m hrf_jax prepare synthetic --workers 16 > "$out/prepare.log" 2>&1 || exit 1
 echo "prepared in $(( $(date +%s) - t0 )) s"
 for row in $rows; do
   timeout "${LIMIT:-600}" python3 -m experiments.run "synthetic_${row%%:*}" \

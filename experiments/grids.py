@@ -11,8 +11,8 @@ from __future__ import annotations
 import ml_collections
 
 from hrf_jax.config import default_config
+from hrf_jax.models import BACKBONES
 
-BACKBONES = ("conformer", "speechformer", "convtransformer")
 VARIANTS = {
     "light": {"size": "light", "hrf_ratio": 0},
     "light_hrf2": {"size": "light", "hrf_ratio": 2},

@@ -23,8 +23,9 @@ import jax
 
 from experiments.grids import VARIANTS, get_grid, run_config
 from hrf_jax.config import apply_overrides
-from hrf_jax.loop import FINAL, fit
+from hrf_jax.loop import fit
 from hrf_jax.metrics import mean_std
+from hrf_jax.run import FINAL
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,26 +1,40 @@
-"""hrf-jax: HRF training-time factorization and exact deHRF merging for SER Transformers."""
+"""hrf-jax: HRF training-time factorization and exact deHRF merging for SER Transformers.
 
-from hrf_jax.layers import FeedForward, HRFDense
-from hrf_jax.models import build_model
-from hrf_jax.reparam import (
-    count_params,
-    expand_hrf,
-    fold_batchnorm,
-    hrf_paths,
-    merge_hrf,
-    verify_equivalence,
-)
+The public names below are imported on first use (PEP 562), so ``import hrf_jax.runtime`` or
+``hrf-jax predict --model`` on a device never pulls in JAX or Flax.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FeedForward",
-    "HRFDense",
-    "build_model",
-    "count_params",
-    "expand_hrf",
-    "fold_batchnorm",
-    "hrf_paths",
-    "merge_hrf",
-    "verify_equivalence",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "HRFDense": "hrf_jax.hrf",
+    "HRFSpec": "hrf_jax.hrf",
+    "FeedForward": "hrf_jax.layers",
+    "build_model": "hrf_jax.models",
+    "count_params": "hrf_jax.reparam",
+    "expand_hrf": "hrf_jax.reparam",
+    "fold_batchnorm": "hrf_jax.reparam",
+    "hrf_paths": "hrf_jax.reparam",
+    "merge_hrf": "hrf_jax.reparam",
+    "verify_equivalence": "hrf_jax.reparam",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hrf_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,9 +1,9 @@
 """Orbax checkpoints of a run: the last N states and the best one on validation data.
 
-Layout under the workdir: ``checkpoints/<step>/`` (last N, for resuming) and ``best/<step>/``
-(the model selected on the validation split). Each holds the train state and a JSON ``meta``
-(data position, history, best score). A checkpoint that fails to restore is reported and
-skipped in favour of the one before it.
+Two folders of a run (``Run.last_dir``, ``Run.best_dir``): the last N states, for resuming,
+and the one selected on the validation split, each as ``<folder>/<step>/``. Each holds the
+train state and a JSON ``meta`` (data position, history, best score). A checkpoint that
+fails to restore is reported and skipped in favour of the one before it.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
 
 
 class RunCheckpoints:
-    """The ``last`` and ``best`` managers of one workdir."""
+    """The ``last`` and ``best`` managers of one run."""
 
-    def __init__(self, workdir: str | Path, keep_last: int = 2):
-        self.workdir = Path(workdir)
-        self.last = _manager(self.workdir / "checkpoints", max(keep_last, 1))
-        self.best = _manager(self.workdir / "best", 1)
+    def __init__(self, last_dir: str | Path, best_dir: str | Path, keep_last: int = 2):
+        self.last = _manager(Path(last_dir), max(keep_last, 1))
+        self.best = _manager(Path(best_dir), 1)
 
     def save(self, state: Any, meta: dict, *, best: bool = False) -> None:
         """Saves ``state`` (a pytree, e.g. ``TrainState``) at its step, asynchronously."""
@@ -45,9 +44,6 @@ class RunCheckpoints:
     def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
         """Newest readable checkpoint of ``last`` restored into ``template``'s structure."""
         return _restore_newest(self.last, template)
-
-    def restore_best(self, template: Any) -> tuple[Any, dict] | None:
-        return _restore_newest(self.best, template)
 
     def wait(self) -> None:
         self.last.wait_until_finished()

@@ -46,14 +46,19 @@ def load_config(path: str | None = None) -> ml_collections.ConfigDict:
     if not file.is_file():
         raise FileNotFoundError(f"config file {file} does not exist")
     if file.suffix == ".json":
-        merged = default_config()
-        merged.update_from_flattened_dict(_flatten(json.loads(file.read_text())))
-        return merged
+        return config_from_dict(json.loads(file.read_text()))
     namespace: dict = {}
     exec(compile(file.read_text(), str(file), "exec"), namespace)  # noqa: S102 - user config
     if "get_config" not in namespace:
         raise ValueError(f"config file {file} must define get_config()")
     return namespace["get_config"]()
+
+
+def config_from_dict(tree: dict) -> ml_collections.ConfigDict:
+    """The defaults updated with a nested dict such as a saved ``config.json``."""
+    config = default_config()
+    config.update_from_flattened_dict(_flatten(tree))
+    return config
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

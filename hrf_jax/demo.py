@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 
 from hrf_jax.config import default_config
-from hrf_jax.data import EvalLoader
-from hrf_jax.deploy import load_deploy, load_run, merge_run
-from hrf_jax.loop import EVAL_BUCKETS, fit, open_dataset
+from hrf_jax.deploy import merge_run
+from hrf_jax.evaluate import split_probs
+from hrf_jax.loop import fit
 from hrf_jax.metrics import classification_metrics
 from hrf_jax.profiling import forward_cost
 from hrf_jax.reparam import count_params
-from hrf_jax.train import DataParallel, make_eval_step, predict_source
+from hrf_jax.run import Run
+from hrf_jax.train import DataParallel, make_eval_step
 
 THREE_SECONDS = 300  # frames at a 10 ms hop
 
@@ -67,30 +68,30 @@ def run_demo(workdir: str | Path = "runs/demo", *, backbone: str = "conformer",
 
     print("== merging light_hrf (deHRF) and verifying")
     merge = merge_run(workdir / "light_hrf")
-    plain, deploy_vars, meta = load_deploy(workdir / "light_hrf" / "deploy")
-    config, info, hrf_model, hrf_vars = load_run(workdir / "light_hrf")
-    ds = open_dataset(config.dataset, prepare=False)
+    hrf_run = Run.load(workdir / "light_hrf")
+    deploy_run = Run.load(hrf_run.deploy_dir)
+    ds = hrf_run.dataset()
     parallel = DataParallel()
-    num_classes = len(info["class_names"])
 
-    def test_probs(model, variables):
-        loader = EvalLoader(ds.test, batch_size=32, buckets=EVAL_BUCKETS,
-                            chunk_frames=EVAL_BUCKETS[-1])
-        return predict_source(make_eval_step(model, parallel), variables["params"],
-                              variables.get("batch_stats", {}), loader, parallel,
-                              len(ds.test), num_classes)
+    hrf_vars, deploy_vars = hrf_run.variables("best"), deploy_run.variables("deploy")
 
-    p_hrf, p_merged = test_probs(hrf_model, hrf_vars), test_probs(plain, deploy_vars)
+    def test_probs(run: Run, variables: dict) -> np.ndarray:
+        return split_probs(make_eval_step(run.model(), parallel), variables, ds.test,
+                           parallel, run.num_classes, batch_size=32)
+
+    p_hrf, p_merged = test_probs(hrf_run, hrf_vars), test_probs(deploy_run, deploy_vars)
     identical = float(np.mean(p_hrf.argmax(-1) == p_merged.argmax(-1)))
-    merged_metrics = classification_metrics(ds.test.labels, p_merged.argmax(-1), num_classes)
+    merged_metrics = classification_metrics(ds.test.labels, p_merged.argmax(-1),
+                                            deploy_run.num_classes)
 
     models: dict[str, Any] = {}
-    for name in runs:
-        _, run_info, model, variables = load_run(workdir / name)
-        models[name] = _row(summaries[name]["test"], model, variables, run_info)
-    models["light_hrf_merged"] = _row(merged_metrics, plain, deploy_vars, info)
+    for name in ("light", "large"):
+        run = Run.load(workdir / name)
+        models[name] = _row(summaries[name]["test"], run, run.variables("best"))
+    models["light_hrf"] = _row(summaries["light_hrf"]["test"], hrf_run, hrf_vars)
+    models["light_hrf_merged"] = _row(merged_metrics, deploy_run, deploy_vars)
     results = {
-        "dataset": config.dataset.name,
+        "dataset": hrf_run.config.dataset.name,
         "backbone": backbone,
         "models": {k: models[k] for k in ("light", "light_hrf", "light_hrf_merged", "large")},
         "merge": {"max_abs_err": float(np.max(np.abs(p_hrf - p_merged))),
@@ -105,8 +106,8 @@ def run_demo(workdir: str | Path = "runs/demo", *, backbone: str = "conformer",
     return results
 
 
-def _row(metrics: dict, model: Any, variables: dict, info: dict) -> dict[str, float]:
-    cost = forward_cost(model, variables, THREE_SECONDS, info["feature_dim"])
+def _row(metrics: dict, run: Run, variables: dict) -> dict[str, float]:
+    cost = forward_cost(run.model(), variables, THREE_SECONDS, run.feature_dim)
     return {"wa": metrics["wa"], "ua": metrics["ua"], "macro_f1": metrics["macro_f1"],
             "params": count_params(variables["params"]), "flops": cost["flops"],
             "latency_ms": cost["latency_ms"]}

@@ -7,9 +7,9 @@ exists and no Python loop runs over windows, only over the (small, static) offse
 Why a custom VJP: under plain autodiff every shifted copy of ``k`` and ``v`` becomes a
 residual kept for the backward pass, so XLA materialises ``2 * window`` full-size copies per
 layer. The backward below keeps only ``q, k, v``, the mask and the ``(B, T, N, window)``
-probabilities, and re-reads shifted views inside fused loops: about 5 % of a SpeechFormer-S
-training step on CPU (BENCHMARKS.md). Blocked batched matmuls (``(B*T/blk, N, blk, 3*blk)``
-scores) were 2.4x slower on CPU: tiny batched dots plus neighbour concatenations.
+probabilities, and re-reads shifted views inside fused loops. Blocked batched matmuls
+(``(B*T/blk, N, blk, 3*blk)`` scores) lost on CPU: many tiny batched dots plus neighbour
+concatenations cost more than the elementwise window loop they replace.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cost of a forward pass: FLOPs from XLA's cost analysis and median wall-clock latency."""
+"""Cost of a compiled computation: FLOPs from XLA's cost analysis and median wall-clock time."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ import jax
 import numpy as np
 
 
-def xla_flops(fn: Callable, *args: Any) -> float:
-    """FLOPs of ``jax.jit(fn)(*args)`` as counted by XLA's cost analysis of the compiled HLO."""
-    return compiled_flops(jax.jit(fn).lower(*args).compile())
-
-
 def compiled_flops(compiled: Any) -> float:
+    """FLOPs of a ``jax.jit(...).lower(...).compile()`` result as XLA's cost analysis counts them
+    (0.0 where the backend reports none)."""
     cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):  # older jax returns one dict per computation
         cost = cost[0] if cost else {}
@@ -23,7 +20,8 @@ def compiled_flops(compiled: Any) -> float:
 
 
 def median_latency_ms(fn: Callable, *args: Any, repeats: int = 30, warmup: int = 3) -> float:
-    """Median milliseconds of a call after warm-up; ``fn`` should already be compiled."""
+    """Median milliseconds of ``fn(*args)`` after ``warmup`` calls, each waited for with
+    ``jax.block_until_ready``; ``fn`` should already be compiled."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
     times = []

@@ -23,7 +23,8 @@ is zero-padded, longer audio is cut into consecutive windows whose probabilities
 
 Models without the front-end need log-Mel features: :func:`logmel` is a small numpy copy of
 ``hrf_jax.audio.logmel_np`` driven by the sidecar's ``mel`` settings (kept here so that this
-file stays free of JAX; ``tests/test_runtime.py`` checks it against ``logmel_np``).
+file stays free of JAX; ``test_numpy_logmel_matches_audio_module`` in ``tests/test_export.py``
+checks it against ``logmel_np``).
 """
 
 from __future__ import annotations

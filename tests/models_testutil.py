@@ -1,47 +1,80 @@
-"""Helpers shared by the test_models_* files: random variables, inputs, comparisons."""
+"""Helpers shared by the model tests: inputs, random variables, and models built and compiled
+once per session (the test files share them, so each program compiles once).
+
+Random values come from numpy: drawing every leaf with ``jax.random`` compiled one program
+per leaf shape, which cost more than compiling the models themselves.
+"""
+
+import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from hrf_jax.models import build_model, supported_targets
 
 FEAT_DIM = 128
 NUM_CLASSES = 4
-BACKBONES = ("conformer", "speechformer", "convtransformer")
-
+FRAMES = {"light": 96, "large": 64}
+# the large sizes' widths with two layers (one per SpeechFormer stage): every large shape at
+# a light model's compile time
+LARGE_DEPTH = {"conformer": {"num_layers": 2}, "convtransformer": {"num_layers": 2},
+               "speechformer": {"num_layers": (1, 1, 1, 1)}}
+DROPOUT_KEY = jax.random.PRNGKey(0)
 
 def inputs(batch: int, frames: int, seed: int = 0, lengths=None):
-    """Random ``feats (B, T, 128)`` and a prefix ``mask``; row 1 is shorter by default."""
-    feats = jax.random.normal(jax.random.PRNGKey(seed), (batch, frames, FEAT_DIM))
+    """Random ``feats (B, T, 128)`` float32 and a prefix ``mask``; row 1 is shorter by default."""
+    feats = np.random.default_rng(seed).standard_normal((batch, frames, FEAT_DIM))
     if lengths is None:
         lengths = [frames] + [max(frames * 3 // 4, 8)] * (batch - 1)
-    mask = jnp.arange(frames)[None, :] < jnp.asarray(lengths)[:, None]
-    return feats, mask
+    mask = np.arange(frames)[None, :] < np.asarray(lengths)[:, None]
+    return feats.astype(np.float32), mask
+
+
+@functools.cache
+def compiled(backbone: str, size: str = "light", ratio: float = 0, targets: str = "ffn",
+             **overrides):
+    """``(model, fn)``: ``build_model`` (``targets="all"``: every target of the backbone;
+    ``size="large"``: two layers deep) and its jitted eval forward ``fn(vars, feats, mask[, key])``.
+    """
+    if size == "large":
+        overrides = {**LARGE_DEPTH[backbone], **overrides}
+    hrf_targets = supported_targets(backbone) if targets == "all" else (targets,)
+    model = build_model(backbone, size, num_classes=NUM_CLASSES, hrf_ratio=ratio,
+                        hrf_targets=hrf_targets, **overrides)
+    # with a dropout key that train=False must ignore (test_models_train checks it)
+    jitted = jax.jit(lambda v, x, m, key: model.apply(v, x, m, train=False,
+                                                      rngs={"dropout": key}))
+    return model, lambda v, x, m, key=DROPOUT_KEY: jitted(v, x, m, key)
+
+
+def variable_shapes(model, feats, mask):
+    """``model``'s variables as ``jax.ShapeDtypeStruct`` (traced, not compiled)."""
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), feats, mask)
 
 
 def random_variables(model, feats, mask, seed: int = 1):
-    """Every parameter and BatchNorm statistic drawn at random (no init values left).
+    """Every parameter and BatchNorm statistic drawn at random (no init values left), numpy.
 
     Kernels ~ N(0, 1/fan_in) so deep stacks stay in range; LayerNorm/BatchNorm scales
     1 + 0.2 N; biases, relative-position biases and BN means 0.2-0.5 N; BN vars U(0.5, 2).
     """
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), feats, mask)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    out = []
-    for (path, leaf), key in zip(leaves, keys, strict=True):
-        name = path[-1].key
-        z = jax.random.normal(key, leaf.shape, jnp.float32)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name, z = path[-1].key, rng.standard_normal(leaf.shape)
         if name == "kernel":
-            out.append(z / np.sqrt(np.prod(leaf.shape[:-1])))
+            value = z / np.sqrt(np.prod(leaf.shape[:-1]))
         elif name == "scale":
-            out.append(1.0 + 0.2 * z)
+            value = 1.0 + 0.2 * z
         elif name == "var":
-            out.append(jax.random.uniform(key, leaf.shape, jnp.float32, 0.5, 2.0))
+            value = rng.uniform(0.5, 2.0, leaf.shape)
         elif name == "mean":
-            out.append(0.5 * z)
+            value = 0.5 * z
         else:
-            out.append(0.2 * z)
-    return jax.tree_util.tree_unflatten(treedef, out)
+            value = 0.2 * z
+        return value.astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, variable_shapes(model, feats, mask))
 
 
 def rel_err(a, b) -> float:
@@ -51,8 +84,3 @@ def rel_err(a, b) -> float:
 
 def shapes(tree):
     return jax.tree_util.tree_map(lambda a: tuple(a.shape), dict(tree))
-
-
-def eval_fn(model):
-    """A jitted eval-mode forward of ``model``."""
-    return jax.jit(lambda v, x, m: model.apply(v, x, m, train=False))

@@ -3,15 +3,12 @@
 import numpy as np
 import pytest
 
-from hrf_jax.data import EvalLoader, TrainLoader, load_dataset, prepare
+from hrf_jax.data import EvalLoader, TrainLoader, load_dataset
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    prepare("synthetic", data_dir=root, num_utterances=40, num_speakers=4, workers=1,
-            verbose=False)
-    return load_dataset("synthetic", root, num_utterances=40, num_speakers=4)
+def ds(tiny_data_dir, tiny_corpus):
+    return load_dataset("synthetic", tiny_data_dir, **tiny_corpus)
 
 
 def _same(a, b):
@@ -26,9 +23,9 @@ def test_dataset_contract(ds):
     assert ds.class_counts("train").sum() == len(ds.train)
 
 
-def test_fixed_split_corpus_rejects_folds(ds):
+def test_fixed_split_corpus_rejects_folds(ds, tiny_corpus):
     with pytest.raises(ValueError, match="fixed"):
-        load_dataset("synthetic", ds.path.parents[2], fold=1, num_utterances=40, num_speakers=4)
+        load_dataset("synthetic", ds.path.parents[2], fold=1, **tiny_corpus)
 
 
 def test_train_loader_same_seed_same_batches_other_epoch_other_order(ds):

@@ -1,7 +1,6 @@
 """The embedded synthetic corpus: determinism, speaker-independent splits, learnable but hard."""
 
 import numpy as np
-import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -35,31 +34,25 @@ def test_speaker_split_is_disjoint_and_covers_all_three_splits():
     assert splits.count("test") == 4
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("syn")
-    path = prepare("synthetic", data_dir=root, num_utterances=48, num_speakers=6, workers=1,
-                   verbose=False)
-    return root, path
-
-
-def test_prepared_synthetic_has_balanced_classes_and_no_shared_speakers(tiny):
-    root, _ = tiny
-    ds = load_dataset("synthetic", root, num_utterances=48, num_speakers=6)
+def test_prepared_synthetic_has_balanced_classes_and_no_shared_speakers(tiny_data_dir,
+                                                                      tiny_corpus):
+    ds = load_dataset("synthetic", tiny_data_dir, **tiny_corpus)
+    assert tiny_corpus == {"num_utterances": 96, "num_speakers": 8}
     assert ds.class_names == list(CLASS_NAMES) and ds.feature_dim == 128
-    assert len(ds.train) + len(ds.validation) + len(ds.test) == 48
-    assert ds.class_counts("train").tolist() == [8, 8, 8, 8]
+    assert len(ds.train) + len(ds.validation) + len(ds.test) == 96
+    # 6 train speakers x 12 utterances, classes balanced per speaker
+    assert ds.class_counts("train").tolist() == [18, 18, 18, 18]
     sets = [set(s.speakers) for s in (ds.train, ds.validation, ds.test)]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
 
 
-def test_prepare_reuses_cache(tiny, capsys):
-    root, path = tiny
+def test_prepare_reuses_cache(tiny_data_dir, tiny_corpus, capsys):
+    path = ensure_prepared("synthetic", tiny_data_dir, **tiny_corpus)
     mtime = (path / "prepare_report.json").stat().st_mtime
-    assert prepare("synthetic", data_dir=root, num_utterances=48, num_speakers=6) == path
+    assert prepare("synthetic", data_dir=tiny_data_dir, **tiny_corpus) == path
     assert (path / "prepare_report.json").stat().st_mtime == mtime
     assert "already prepared" in capsys.readouterr().out
-    assert ensure_prepared("synthetic", root, num_utterances=48, num_speakers=6) == path
+    assert ensure_prepared("synthetic", tiny_data_dir, **tiny_corpus) == path
     assert (path / "prepare_report.json").stat().st_mtime == mtime
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from experiments.grids import get_grid, run_config
 from experiments.run import main
-from tests.conftest import tiny_overrides
 
 
 def test_grid_names_and_cells():
@@ -20,7 +19,8 @@ def test_grid_names_and_cells():
         get_grid("emodb_conformer")
 
 
-def test_tiny_grid_runs_resumes_and_writes_results(tiny_data_dir, tmp_path, capsys):
+def test_tiny_grid_runs_resumes_and_writes_results(tiny_data_dir, tiny_overrides, tmp_path,
+                                                     capsys):
     args = ["synthetic_conformer", "--workdir", str(tmp_path / "runs"), "--seeds", "0", "1",
             "--variants", "light", "light_hrf2", "--data-dir", str(tiny_data_dir),
             "--results-dir", str(tmp_path / "results"),

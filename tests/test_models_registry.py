@@ -1,20 +1,32 @@
 """Model registry: configs, sizes, HRF target validation and the README configs table."""
 
+import functools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from hrf_jax import build_model
-from hrf_jax.models import get_config, list_configs, supported_targets
-from hrf_jax.models.table import HRF_RATIOS, param_count, parse
+from hrf_jax.models import BACKBONES, SIZES, get_config, list_configs, supported_targets
+from hrf_jax.models.table import HRF_RATIOS, parse
+from hrf_jax.models.table import param_count as _param_count
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+param_count = functools.cache(_param_count)  # each config is traced once for all tests
 
 
-def test_every_backbone_has_light_and_large():
-    assert sorted(list_configs()) == sorted(
-        (b, s) for b in ("conformer", "speechformer", "convtransformer") for s in ("light", "large")
-    )
+def test_every_backbone_has_every_size():
+    assert BACKBONES == ("conformer", "speechformer", "convtransformer")
+    assert SIZES == ("light", "large")
+    assert sorted(list_configs()) == sorted((b, s) for b in BACKBONES for s in SIZES)
+
+
+def test_backbone_names_load_without_jax():
+    code = ("import sys, hrf_jax.models as m; "
+            "assert m.BACKBONES and m.SIZES; "
+            "assert 'jax' not in sys.modules and 'flax' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_readme_table_parameter_counts_match_the_models():
@@ -27,7 +39,7 @@ def test_readme_table_parameter_counts_match_the_models():
             assert int(cell) == param_count(backbone, size, r), (backbone, size, r)
 
 
-@pytest.mark.parametrize("backbone", ["conformer", "speechformer", "convtransformer"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_light_is_lightweight_and_large_is_ten_times_bigger(backbone):
     light, large = param_count(backbone, "light"), param_count(backbone, "large")
     assert 100_000 <= light <= 500_000

@@ -7,7 +7,7 @@ import pytest
 from models_testutil import NUM_CLASSES, inputs
 
 from hrf_jax import build_model
-from hrf_jax.layers import local_attention
+from hrf_jax.local_attention import local_attention
 from hrf_jax.models.speechformer import merge_tokens, stage_sizes
 
 
@@ -46,8 +46,8 @@ def test_local_attention_equals_dense_band_mask(window, frames):
     q, k, v = (jax.random.normal(key, (2, frames, 2, 4)) for key in keys)
     mask = jnp.arange(frames)[None, :] < jnp.array([[frames], [max(frames - 4, 1)]])
     with jax.default_matmul_precision("highest"):
-        got = local_attention(q, k, v, mask, window)
-        want = _banded_reference(q, k, v, mask, window)
+        got = jax.jit(local_attention, static_argnums=4)(q, k, v, mask, window)
+        want = jax.jit(_banded_reference, static_argnums=4)(q, k, v, mask, window)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
     real = int(mask[1].sum())
     np.testing.assert_allclose(got[1, :real], want[1, :real], rtol=1e-5, atol=1e-6)
@@ -61,11 +61,12 @@ def test_local_attention_gradients_equal_autodiff_of_dense_band_mask(window, fra
     q, k, v, ct = (jax.random.normal(key, (2, frames, 2, 4)) for key in keys)
     mask = jnp.arange(frames)[None, :] < jnp.array([[frames], [max(frames - 4, 1)]])
     ct = ct * mask[:, :, None, None]
+    def grads(attention):
+        loss = lambda *a: (attention(*a, mask, window) * ct).sum()
+        return jax.jit(jax.grad(loss, (0, 1, 2)))(q, k, v)
+
     with jax.default_matmul_precision("highest"):
-        got = jax.grad(lambda *a: (local_attention(*a, mask, window) * ct).sum(), (0, 1, 2))(
-            q, k, v)
-        want = jax.grad(lambda *a: (_banded_reference(*a, mask, window) * ct).sum(),
-                        (0, 1, 2))(q, k, v)
+        got, want = grads(local_attention), grads(_banded_reference)
     for name, g, w in zip("qkv", got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=f"d{name}")
         assert float(jnp.abs(g).max()) > 0, name

@@ -1,13 +1,14 @@
-"""Jit-compiled training and inference of every light backbone at 3 s and 10 s."""
+"""Jit-compiled training and inference of every light backbone on 10 s utterances."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from models_testutil import BACKBONES, NUM_CLASSES, inputs, random_variables
+from models_testutil import FRAMES, NUM_CLASSES, compiled, inputs, random_variables
 
-from hrf_jax import build_model, hrf_paths
+from hrf_jax import hrf_paths
+from hrf_jax.models import BACKBONES
 
 
 def _train_step(model):
@@ -21,15 +22,14 @@ def _train_step(model):
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, (logits, updates)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    return jax.jit(grad_fn)
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
 
 
-@pytest.mark.parametrize("frames", [300, 1000])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_train_step_reaches_hrf_layers_and_uses_dropout_rng(backbone, frames):
-    model = build_model(backbone, num_classes=NUM_CLASSES, hrf_ratio=4)
-    feats, mask = inputs(2, frames)
+def test_train_step_reaches_every_hrf_layer_and_uses_dropout_rng(backbone):
+    # 1000 frames (10 s): shorter utterances run the same program at a smaller size
+    model, _ = compiled(backbone, "light", 4, "all")
+    feats, mask = inputs(2, 1000)
     variables = random_variables(model, feats, mask)
     params = variables["params"]
     other = {k: v for k, v in variables.items() if k != "params"}
@@ -59,10 +59,9 @@ def test_train_step_reaches_hrf_layers_and_uses_dropout_rng(backbone, frames):
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_eval_is_deterministic_and_ignores_dropout_rng(backbone):
-    model = build_model(backbone, num_classes=NUM_CLASSES, hrf_ratio=2)
-    feats, mask = inputs(2, 300)
+    model, fn = compiled(backbone, "light", 4, "all")
+    feats, mask = inputs(2, FRAMES["light"])
     variables = random_variables(model, feats, mask)
-    fn = jax.jit(lambda v, x, m, k: model.apply(v, x, m, train=False, rngs={"dropout": k}))
     a = fn(variables, feats, mask, jax.random.PRNGKey(1))
     b = fn(variables, feats, mask, jax.random.PRNGKey(2))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -5,8 +5,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.core import FrozenDict
 
-from hrf_jax import FeedForward, count_params, hrf_paths, merge_hrf, verify_equivalence
+from hrf_jax import (
+    FeedForward,
+    HRFSpec,
+    count_params,
+    expand_hrf,
+    hrf_paths,
+    merge_hrf,
+    verify_equivalence,
+)
 
 
 class EncoderBlock(nn.Module):
@@ -24,7 +33,7 @@ class EncoderBlock(nn.Module):
         attn_mask = nn.make_attention_mask(mask, mask)
         attn = nn.MultiHeadDotProductAttention(self.heads, deterministic=True)
         ffn = FeedForward(self.ffn, activation=nn.swish, dropout=0.1,
-                          hrf_ratio=self.hrf_ratio, hrf_depth=self.hrf_depth)
+                          hrf=HRFSpec(ratio=self.hrf_ratio, depth=self.hrf_depth))
         if self.pre_ln:
             h = nn.LayerNorm(name="ln_attn")(x)
             x = x + attn(h, h, mask=attn_mask)
@@ -74,3 +83,16 @@ def test_merge_leaves_other_collections_untouched():
     np.testing.assert_allclose(merged["params"]["fc1"]["kernel"], np.full((2, 3), 4.0))
     np.testing.assert_allclose(merged["params"]["fc1"]["bias"], np.full(3, 4.0))
     assert count_params(merged) == 2 * 3 + 3 + 3 + 3
+
+
+def test_transforms_keep_frozendicts_and_empty_collections():
+    variables = FrozenDict({
+        "params": {"fc1": {"hrf_0": {"kernel": np.ones((2, 4)), "bias": np.ones(4)},
+                           "kernel": np.ones((4, 3)), "bias": np.zeros(3)}},
+        "intermediates": {},
+    })
+    merged = merge_hrf(variables)
+    assert type(merged) is FrozenDict and merged["intermediates"] == {}
+    expanded = expand_hrf(merged, jax.random.PRNGKey(0), 2)
+    assert type(expanded) is FrozenDict
+    assert hrf_paths(expanded) == ["params/fc1"]

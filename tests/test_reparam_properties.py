@@ -1,36 +1,22 @@
-"""Property-based tests of the HRF tree transforms on a single HRFDense layer."""
+"""Property-based tests of the HRF tree transforms on a single HRFDense layer.
+
+Hypothesis draws layer shapes and runs the transforms on host numpy trees (no XLA program
+per example); the model forward, jax arrays, jit and low precision run on a few fixed shapes.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hrf_jax import HRFDense, count_params, expand_hrf, hrf_paths, merge_hrf
+from hrf_jax.reparam import orthogonal_expansion
 
-SETTINGS = settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=40, deadline=None)
 REL_TOL = 1e-5
-WORST = {"rel": 0.0}  # worst relative merge error seen, printed at session end
-
-
-def randomise(tree, seed):
-    """Replaces every leaf with random values (init biases are zero and would hide bugs)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    new = [
-        (jax.random.normal(k, x.shape, jnp.float32) * 0.5).astype(x.dtype)
-        for k, x in zip(keys, leaves, strict=True)
-    ]
-    return jax.tree_util.tree_unflatten(treedef, new)
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
-
+WORST = {"rel": 0.0}  # worst relative merge error seen, printed at module end
 
 layer_cases = st.fixed_dictionaries(
     {
@@ -44,28 +30,77 @@ layer_cases = st.fixed_dictionaries(
         "seed": st.integers(0, 2**16),
     }
 )
+FIXED_CASES = [
+    {"d_in": 5, "d_out": 7, "ratio": 2, "depth": 1, "use_bias": True, "hrf_bias": True,
+     "lead": [2, 3], "seed": 0},
+    {"d_in": 3, "d_out": 1, "ratio": 3, "depth": 2, "use_bias": False, "hrf_bias": True,
+     "lead": [4], "seed": 1},
+    {"d_in": 8, "d_out": 4, "ratio": 1, "depth": 2, "use_bias": True, "hrf_bias": False,
+     "lead": [1, 2, 3], "seed": 2},
+]
+
+
+def models(case):
+    """The HRF layer of ``case`` and its plain counterpart."""
+    hrf = HRFDense(case["d_out"], use_bias=case["use_bias"], hrf_ratio=case["ratio"],
+                   hrf_depth=case["depth"], hrf_bias=case["hrf_bias"])
+    return hrf, HRFDense(case["d_out"], use_bias=case["use_bias"])
+
+
+def shapes(tree):
+    return jax.tree_util.tree_map(np.shape, tree)
+
+
+def random_tree(model, x, seed):
+    """Host numpy variables of ``model`` with every leaf random (zero init biases hide bugs)."""
+    rng = np.random.default_rng(seed)
+    structure = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)  # traced, not compiled
+    return jax.tree_util.tree_map(
+        lambda s: (0.5 * rng.standard_normal(s.shape)).astype(np.float32), structure
+    )
 
 
 def build(case):
-    hrf = HRFDense(
-        case["d_out"],
-        use_bias=case["use_bias"],
-        hrf_ratio=case["ratio"],
-        hrf_depth=case["depth"],
-        hrf_bias=case["hrf_bias"],
-    )
-    plain = HRFDense(case["d_out"], use_bias=case["use_bias"])
-    x = jax.random.normal(jax.random.PRNGKey(case["seed"]), (*case["lead"], case["d_in"]))
-    variables = randomise(hrf.init(jax.random.PRNGKey(1), x), case["seed"] + 1)
-    return hrf, plain, x, variables
+    hrf, plain = models(case)
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((*case["lead"], case["d_in"])).astype(np.float32)
+    return hrf, plain, x, random_tree(hrf, x, case["seed"] + 1)
+
+
+def chain_forward(variables, x):
+    """The HRF layer's definition in float64: ``hrf_0``, ``hrf_1``, .. then the host."""
+    node = variables["params"]
+    depth = sum(key.startswith("hrf_") for key in node)
+    y = np.asarray(x, np.float64)
+    for layer in [*(node[f"hrf_{i}"] for i in range(depth)), node]:
+        y = y @ np.asarray(layer["kernel"], np.float64)
+        if "bias" in layer:
+            y = y + np.asarray(layer["bias"], np.float64)
+    return y
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
+
+
+def assert_trees_close(a, b, rtol, atol):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64),
+                                   rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------- host numpy, drawn
 
 
 @SETTINGS
 @given(layer_cases)
-def test_merged_output_equals_hrf_output(case):
-    hrf, plain, x, variables = build(case)
-    with jax.default_matmul_precision("highest"):
-        err = rel_err(hrf.apply(variables, x), plain.apply(merge_hrf(variables), x))
+def test_merged_layer_computes_the_chain(case):
+    _, _, x, variables = build(case)
+    merged = merge_hrf(variables)["params"]
+    y = np.asarray(x, np.float64) @ merged["kernel"] + merged.get("bias", 0)
+    err = rel_err(chain_forward(variables, x), y)
     WORST["rel"] = max(WORST["rel"], err)
     assert err <= REL_TOL
 
@@ -73,10 +108,9 @@ def test_merged_output_equals_hrf_output(case):
 @SETTINGS
 @given(layer_cases)
 def test_merged_tree_has_plain_structure_and_count(case):
-    hrf, plain, x, variables = build(case)
+    _, plain, x, variables = build(case)
     merged = merge_hrf(variables)
-    plain_vars = plain.init(jax.random.PRNGKey(0), x)
-    shapes = lambda t: jax.tree_util.tree_map(jnp.shape, t)
+    plain_vars = jax.eval_shape(plain.init, jax.random.PRNGKey(0), x)
     assert shapes(merged) == shapes(plain_vars)
     assert count_params(merged) == count_params(plain_vars)
     assert hrf_paths(merged) == []
@@ -87,73 +121,110 @@ def test_merged_tree_has_plain_structure_and_count(case):
 @given(layer_cases)
 def test_merge_is_idempotent_and_pure(case):
     _, _, _, variables = build(case)
-    before = jax.tree_util.tree_map(np.array, variables)
+    before = jax.tree_util.tree_map(np.copy, variables)
     merged = merge_hrf(variables)
     again = merge_hrf(merged)
     assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(merged)
     for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(merged),
                     strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(a, b)
     # the input tree is untouched, structure and values
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(before)
     for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(before),
                     strict=True):
-        np.testing.assert_array_equal(np.asarray(a), b)
+        np.testing.assert_array_equal(a, b)
+
+
+@SETTINGS
+@given(layer_cases)
+def test_host_merge_folds_in_float64_and_keeps_the_dtype(case):
+    _, _, _, variables = build(case)
+    merged = merge_hrf(variables)
+    wide = merge_hrf(jax.tree_util.tree_map(lambda a: a.astype(np.float64), variables))
+    for a, b in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(wide),
+                    strict=True):
+        assert isinstance(a, np.ndarray) and a.dtype == np.float32
+        np.testing.assert_array_equal(a, b.astype(np.float32))
 
 
 @SETTINGS
 @given(layer_cases)
 def test_expand_then_merge_round_trips(case):
-    _, plain, x, _ = build(case)
-    plain_vars = randomise(plain.init(jax.random.PRNGKey(0), x), case["seed"])
+    hrf, plain, x, _ = build(case)
+    plain_vars = random_tree(plain, x, case["seed"])
     expanded = expand_hrf(
         plain_vars, jax.random.PRNGKey(case["seed"]), case["ratio"], case["depth"],
         pattern="^params$", bias=case["hrf_bias"],
     )
-    hrf = HRFDense(case["d_out"], use_bias=case["use_bias"], hrf_ratio=case["ratio"],
-                   hrf_depth=case["depth"], hrf_bias=case["hrf_bias"])
-    with jax.default_matmul_precision("highest"):
-        # the expanded tree loads into the HRF model and computes the same function
-        err_fn = rel_err(plain.apply(plain_vars, x), hrf.apply(expanded, x))
-        back = merge_hrf(expanded)
-    assert err_fn <= REL_TOL
-    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(plain_vars),
-                    strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    # the expanded tree loads into the HRF layer and computes the same function
+    assert shapes(expanded) == shapes(jax.eval_shape(hrf.init, jax.random.PRNGKey(0), x))
+    assert rel_err(chain_forward(plain_vars, x), chain_forward(expanded, x)) <= REL_TOL
+    assert_trees_close(merge_hrf(expanded), plain_vars, rtol=1e-4, atol=1e-5)
 
 
 @SETTINGS
-@given(layer_cases)
-def test_merge_under_jit_matches_eager(case):
-    _, _, _, variables = build(case)
-    with jax.default_matmul_precision("highest"):
-        eager = merge_hrf(variables)
-        jitted = jax.jit(merge_hrf)(variables)
-    for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted),
-                    strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
-
-
-@SETTINGS
-@given(layer_cases)
-def test_merge_on_host_numpy_matches_jax(case):
-    _, _, _, variables = build(case)
-    host = jax.tree_util.tree_map(np.asarray, variables)
-    merged_host = merge_hrf(host)
-    with jax.default_matmul_precision("highest"):
-        merged_jax = merge_hrf(variables)
-    for a, b in zip(jax.tree_util.tree_leaves(merged_host),
-                    jax.tree_util.tree_leaves(merged_jax), strict=True):
-        assert isinstance(a, np.ndarray)
-        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-5)
+@given(d=st.integers(1, 16), out=st.integers(1, 16), extra=st.integers(0, 16),
+       depth=st.sampled_from([1, 2, 3]), seed=st.integers(0, 2**16))
+def test_orthogonal_expansion_has_orthonormal_factors_that_multiply_back(d, out, extra, depth,
+                                                                        seed):
+    kernel = np.random.default_rng(seed).standard_normal((d, out))
+    factors, host = orthogonal_expansion(kernel, jax.random.PRNGKey(seed), d + extra, depth)
+    assert [q.shape for q in factors] == [(d, d + extra)] + [(d + extra, d + extra)] * (depth - 1)
+    for q in factors:
+        np.testing.assert_allclose(q @ q.T, np.eye(q.shape[0]), atol=1e-12)
+    product = host
+    for q in reversed(factors):
+        product = q @ product
+    np.testing.assert_allclose(product, kernel, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @SETTINGS
 @given(case=layer_cases)
-def test_low_precision_merge_folds_in_float32(dtype, case):
-    """bf16/fp16 trees: the fold equals the float32 fold rounded once to the dtype."""
+def test_low_precision_host_merge_rounds_once(dtype, case):
+    """bf16/fp16 trees: the fold equals the exact (float64) fold rounded once to the dtype."""
     _, _, _, variables = build(case)
+    low = jax.tree_util.tree_map(lambda a: a.astype(dtype), variables)
+    merged = merge_hrf(low)
+    exact = merge_hrf(jax.tree_util.tree_map(lambda a: a.astype(np.float64), low))
+    for a, b in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(exact),
+                    strict=True):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b.astype(dtype))
+
+
+# --------------------------------------------------------------------------- jax, fixed shapes
+
+
+@pytest.fixture(scope="module", params=FIXED_CASES, ids=lambda c: f"{c['d_in']}x{c['d_out']}")
+def jax_case(request):
+    """A fixed layer case with jax variables, shared by the jax tests below."""
+    hrf, plain, x, variables = build(request.param)
+    return request.param, hrf, plain, x, jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+def test_merged_model_output_equals_hrf_model_output(jax_case):
+    _, hrf, plain, x, variables = jax_case
+    with jax.default_matmul_precision("highest"):
+        y_hrf = hrf.apply(variables, x)
+        y_merged = plain.apply(merge_hrf(variables), x)
+    assert rel_err(chain_forward(variables, x), y_hrf) <= REL_TOL  # the oracle is the layer
+    assert rel_err(y_hrf, y_merged) <= REL_TOL
+
+
+def test_merge_under_jit_matches_eager_and_host(jax_case):
+    _, _, _, _, variables = jax_case
+    eager = merge_hrf(variables)
+    jitted = jax.jit(merge_hrf)(variables)
+    host = merge_hrf(jax.tree_util.tree_map(np.asarray, variables))
+    assert all(isinstance(a, jax.Array) for a in jax.tree_util.tree_leaves(eager))
+    assert_trees_close(jitted, eager, rtol=1e-6, atol=1e-6)
+    assert_trees_close(host, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_jax_merge_folds_in_float32(jax_case, dtype):
+    _, _, _, _, variables = jax_case
     low = jax.tree_util.tree_map(lambda a: a.astype(dtype), variables)
     merged = merge_hrf(low)
     reference = merge_hrf(jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), low))
@@ -161,6 +232,17 @@ def test_low_precision_merge_folds_in_float32(dtype, case):
                     strict=True):
         assert a.dtype == dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b.astype(dtype)))
+
+
+def test_expand_on_jax_arrays_preserves_the_model_function(jax_case):
+    case, hrf, plain, x, _ = jax_case
+    plain_vars = jax.tree_util.tree_map(jnp.asarray, random_tree(plain, x, 3))
+    expanded = expand_hrf(plain_vars, jax.random.PRNGKey(4), case["ratio"], case["depth"],
+                          pattern="^params$", bias=case["hrf_bias"])
+    assert all(isinstance(a, jax.Array) for a in jax.tree_util.tree_leaves(expanded))
+    with jax.default_matmul_precision("highest"):
+        assert rel_err(plain.apply(plain_vars, x), hrf.apply(expanded, x)) <= REL_TOL
+        assert_trees_close(merge_hrf(expanded), plain_vars, rtol=1e-4, atol=1e-5)
 
 
 def teardown_module(module):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrf_jax.layers import StridedConv3x3
+from hrf_jax.subsampling import StridedConv3x3
 
 
 @pytest.mark.parametrize("im2col", [True, False])
@@ -21,13 +21,14 @@ def test_matches_flax_conv(shape, im2col):
     np.testing.assert_array_equal(got_vars["params"]["kernel"], want_vars["params"]["kernel"])
     variables = {"params": {"kernel": want_vars["params"]["kernel"],
                             "bias": jax.random.normal(jax.random.PRNGKey(2), (6,))}}
-    with jax.default_matmul_precision("highest"):
-        want = conv.apply(variables, x)
-        got = ours.apply(variables, x, im2col=im2col)
-        def grads(fn):
-            return jax.grad(lambda v, a: (fn(v, a) ** 2).sum(), (0, 1))(variables, x)
-        got_grads = grads(lambda v, a: ours.apply(v, a, im2col=im2col))
-        want_grads = grads(conv.apply)
+
+    def output_and_grads(fn):
+        loss = lambda v, a: (fn(v, a) ** 2).sum()
+        with jax.default_matmul_precision("highest"):
+            return jax.jit(lambda v, a: (fn(v, a), jax.grad(loss, (0, 1))(v, a)))(variables, x)
+
+    got, got_grads = output_and_grads(lambda v, a: ours.apply(v, a, im2col=im2col))
+    want, want_grads = output_and_grads(conv.apply)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):

@@ -1,16 +1,36 @@
-"""Corpora (embedded synthetic, IEMOCAP, DAIC-WOZ, M3ED, CSV), preparation and input pipeline."""
+"""Corpora (see `registry.CORPORA`), their preparation into TFDS folders, and the input pipeline.
 
-from hrf_jax.data.pipeline import Dataset, EvalLoader, Source, TrainLoader, load_dataset
-from hrf_jax.data.prepare import default_data_dir, ensure_prepared, prepare, register
+The names below are imported on first use (PEP 562), so `hrf_jax.data.registry` and the
+`hrf-jax prepare --help` that reads it load neither TFDS, grain nor JAX.
+"""
 
-__all__ = [
-    "Dataset",
-    "EvalLoader",
-    "Source",
-    "TrainLoader",
-    "default_data_dir",
-    "ensure_prepared",
-    "load_dataset",
-    "prepare",
-    "register",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Dataset": "hrf_jax.data.pipeline",
+    "EvalLoader": "hrf_jax.data.pipeline",
+    "Source": "hrf_jax.data.pipeline",
+    "TrainLoader": "hrf_jax.data.pipeline",
+    "load_dataset": "hrf_jax.data.pipeline",
+    "default_data_dir": "hrf_jax.data.preparation",
+    "ensure_prepared": "hrf_jax.data.preparation",
+    "prepare": "hrf_jax.data.preparation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hrf_jax.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,14 +1,16 @@
-"""TFDS builders (array_record, read back with data sources, no TensorFlow) for every corpus.
+"""TFDS builders (array_record, read back with data sources, no TensorFlow), one per corpus.
 
-Stored per example: `feats` (T, F) float16 log-Mel or precomputed features (float16 halves
-disk use; log-Mel values lie in about [-14, 12], where float16 keeps ~0.01 resolution),
-`label`, `speaker`, `group`, `id`. Corpora with an official split store train/validation/
-test; the others store one split `full` and the folds are chosen at load time.
+Stored per example: `feats` (T, F) float16 log-Mel or precomputed features, `label`,
+`speaker`, `group`, `id`. float16 halves disk use at about three significant digits, finer
+than the spread of log-Mel values (floored at log(MelSettings.log_floor)). Corpora with an
+official split store train/validation/test; the others store one split `full`, and the folds
+are chosen at load time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import pathlib
 from collections.abc import Iterator
@@ -17,52 +19,29 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from hrf_jax.audio import AudioError, MelSettings, logmel_np
-from hrf_jax.data import corpora, synthetic
+from hrf_jax.audio import MelSettings
+from hrf_jax.data import corpora, features
+from hrf_jax.data.registry import get_corpus
 
 FULL_SPLIT = "full"
 VERSION = "1.0.0"
+_CHUNK = 8  # worker jobs handed out at a time: fewer round trips, still even shares
 
 
 @dataclasses.dataclass
 class BuildSpec:
-    """Everything a builder needs to generate one corpus configuration."""
+    """Everything a builder needs to store one corpus configuration: the items read, and how
+    to turn them into features."""
 
     corpus: str
     config_name: str
-    options: dict
     settings: MelSettings
     class_names: tuple[str, ...]
     feature_dim: int
-    manual_dir: pathlib.Path | None = None
-    manifest: pathlib.Path | None = None
+    items: list[corpora.SourceItem]
+    skips: corpora.SkipLog
     features_dir: pathlib.Path | None = None
     workers: int = 1
-    skips: corpora.SkipLog = dataclasses.field(default_factory=corpora.SkipLog)
-    num_source_items: int = 0
-
-
-def read_items(spec: BuildSpec) -> list[corpora.SourceItem]:
-    """Source items of a real corpus (reader skips counted in spec.skips)."""
-    opts, skips = spec.options, spec.skips
-    if spec.corpus == "iemocap":
-        merge = {"exc": "hap"} if opts.get("merge_exc", True) else {}
-        return corpora.read_iemocap(spec.manual_dir, skips, spec.class_names, merge)
-    if spec.corpus == "daic_woz":
-        return corpora.read_daic_woz(spec.manual_dir, skips, opts.get("balance"))
-    if spec.corpus == "m3ed":
-        return corpora.read_m3ed(spec.manifest, skips, opts.get("split_seed", 0))
-    if spec.corpus in ("ravdess", "crema_d"):
-        return corpora.read_filename_coded(spec.manual_dir, spec.corpus, skips, spec.class_names)
-    if spec.corpus == "csv":
-        return corpora.read_manifest(spec.manifest, skips, spec.class_names)
-    raise ValueError(f"unknown corpus {spec.corpus!r}")
-
-
-def _synth_example(args: tuple[synthetic.SyntheticConfig, MelSettings, int]) -> tuple:
-    cfg, settings, index = args
-    wave, label, speaker = synthetic.synthesize(cfg, index)
-    return index, logmel_np(wave, settings).astype(np.float16), label, speaker
 
 
 class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -79,10 +58,12 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(data_dir=str(data_dir), config=config, file_format="array_record")
 
     def _info(self) -> tfds.core.DatasetInfo:
-        # dataset_info_from_configs needs a registered package folder (ENVIRONMENT.md).
+        # Built directly: `dataset_info_from_configs` raises NotADirectoryError for a builder
+        # defined outside a registered TFDS package folder.
+        corpus = get_corpus(self.spec.corpus)
         return tfds.core.DatasetInfo(
             builder=self,
-            description=f"hrf-jax corpus {self.spec.corpus}",
+            description=f"hrf-jax corpus {corpus.name}: {corpus.summary}",
             features=tfds.features.FeaturesDict({
                 "feats": tfds.features.Tensor(shape=(None, self.spec.feature_dim),
                                               dtype=np.float16),
@@ -94,113 +75,74 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager) -> dict:
-        if self.spec.corpus == "synthetic":
-            cfg = synthetic.SyntheticConfig(**synthetic_options(self.spec.options))
-            self.spec.num_source_items = cfg.num_utterances
-            by_split: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
-            for i in range(cfg.num_utterances):
-                _, speaker = synthetic.utterance_plan(cfg, i)
-                by_split[synthetic.speaker_split(speaker, cfg.num_speakers)].append(i)
-            return {s: self._generate_synthetic(cfg, idx) for s, idx in by_split.items() if idx}
-        items = read_items(self.spec)
-        self.spec.num_source_items = len(items) + self.spec.skips.total()
         splits: dict[str, list[corpora.SourceItem]] = {}
-        for item in items:
+        for item in self.spec.items:
             splits.setdefault(item.split or FULL_SPLIT, []).append(item)
-        extract = corpora.Extractor(self.spec.settings, self.spec.features_dir)
+        extract = features.Extractor(self.spec.settings, self.spec.features_dir,
+                                    self.spec.feature_dim)
         generators = {}
-        for split, its in sorted(splits.items()):
+        for split, items in sorted(splits.items()):
             # TFDS refuses a split that yields nothing, so find each split's first good item
             # now; a split whose items all fail is left out (every item counted as skipped).
-            for k, item in enumerate(its):
-                feats = self._extract(extract, item)
-                if feats is not None:
-                    generators[split] = self._generate_examples(extract, item, feats, its[k + 1:])
+            for k, item in enumerate(items):
+                (result,) = extract.many([item])
+                if self._keep(item, result):
+                    generators[split] = self._generate_examples(extract, split, item, result,
+                                                                 items[k + 1:])
                     break
         if not generators:
             raise corpora.LayoutError(f"{self.spec.corpus}: no usable example; skipped "
                                       f"{dict(self.spec.skips.counts)}")
         return generators
 
-    def _extract(self, extract: corpora.Extractor, item: corpora.SourceItem
-                 ) -> np.ndarray | None:
-        try:
-            feats = extract(item)
-            if feats.shape[1] != self.spec.feature_dim:
-                raise AudioError("bad_feature_shape", f"{item.id}: {feats.shape[1]} features, "
-                                 f"expected {self.spec.feature_dim}")
-        except AudioError as err:
-            self.spec.skips.add(err.reason, item.features or item.path or item.id)
-            return None
-        return feats
+    def _keep(self, item: corpora.SourceItem, result: np.ndarray | str) -> bool:
+        if isinstance(result, str):  # the reason it was skipped
+            self.spec.skips.add(result, item.features or item.path or item.id)
+            return False
+        return True
 
-    def _generate_examples(self, extract: corpora.Extractor, first: corpora.SourceItem,
-                           first_feats: np.ndarray, rest: list[corpora.SourceItem]
-                           ) -> Iterator[tuple[str, dict]]:
+    def _generate_examples(self, extract: features.Extractor, split: str,
+                           first: corpora.SourceItem, first_feats: np.ndarray,
+                           rest: list[corpora.SourceItem]) -> Iterator[tuple[str, dict]]:
         yield first.id, self._example(first, first_feats)
-        for item in tqdm.tqdm(rest, desc=f"{self.spec.corpus} features", unit="utt"):
-            feats = self._extract(extract, item)
-            if feats is not None:
-                yield item.id, self._example(item, feats)
+        bar = tqdm.tqdm(total=len(rest), desc=f"{self.spec.corpus} {split}", unit="utt")
+        for run, results in self._extracted(extract, _runs(rest)):
+            bar.update(len(run))
+            for item, result in zip(run, results, strict=True):
+                if self._keep(item, result):
+                    yield item.id, self._example(item, result)
+        bar.close()
+
+    def _extracted(self, extract: features.Extractor, runs: list[list[corpora.SourceItem]]
+                   ) -> Iterator[tuple[list[corpora.SourceItem], list]]:
+        if self.spec.workers > 1 and len(runs) > 1:
+            # spawn, not fork: the parent may already run JAX's threads.
+            with multiprocessing.get_context("spawn").Pool(self.spec.workers) as pool:
+                yield from zip(runs, pool.imap(extract.many, runs, chunksize=_CHUNK), strict=True)
+        else:
+            for run in runs:
+                yield run, extract.many(run)
 
     def _example(self, item: corpora.SourceItem, feats: np.ndarray) -> dict:
-        return {"feats": feats.astype(np.float16),
-                "label": self.spec.class_names.index(item.label),
+        return {"feats": feats, "label": self.spec.class_names.index(item.label),
                 "speaker": item.speaker, "group": item.group, "id": item.id}
 
-    def _generate_synthetic(self, cfg: synthetic.SyntheticConfig, indices: list[int]
-                            ) -> Iterator[tuple[str, dict]]:
-        jobs = [(cfg, self.spec.settings, i) for i in indices]
-        bar = dict(total=len(jobs), desc="synthetic", unit="utt")
-        if self.spec.workers > 1:
-            # spawn, not fork: the parent may already run JAX's threads.
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(self.spec.workers) as pool:
-                yield from self._synthetic_examples(
-                    tqdm.tqdm(pool.imap(_synth_example, jobs, chunksize=8), **bar))
+
+def _runs(items: list[corpora.SourceItem]) -> list[list[corpora.SourceItem]]:
+    """Consecutive items cut from the same file go to one worker, which decodes it once."""
+    runs: list[list[corpora.SourceItem]] = []
+    for item in items:
+        if runs and item.path is not None and runs[-1][-1].path == item.path:
+            runs[-1].append(item)
         else:
-            yield from self._synthetic_examples(tqdm.tqdm(map(_synth_example, jobs), **bar))
-
-    def _synthetic_examples(self, results) -> Iterator[tuple[str, dict]]:
-        for index, feats, label, speaker in results:
-            uid = f"syn{index:06d}"
-            yield uid, {"feats": feats, "label": label, "speaker": f"spk{speaker:02d}",
-                        "group": f"spk{speaker:02d}", "id": uid}
+            runs.append([item])
+    return runs
 
 
-def synthetic_options(options: dict) -> dict:
-    """The subset of `options` that configures the synthesizer."""
-    fields = {f.name for f in dataclasses.fields(synthetic.SyntheticConfig)}
-    return {k: v for k, v in options.items() if k in fields}
-
-
-class HrfSynthetic(CorpusBuilder, skip_registration=True):
-    """The embedded synthetic corpus (folder `hrf_synthetic`)."""
-
-
-class HrfIemocap(CorpusBuilder, skip_registration=True):
-    """IEMOCAP from `IEMOCAP_full_release` (folder `hrf_iemocap`)."""
-
-
-class HrfDaicWoz(CorpusBuilder, skip_registration=True):
-    """DAIC-WOZ participant turns (folder `hrf_daic_woz`)."""
-
-
-class HrfM3ed(CorpusBuilder, skip_registration=True):
-    """M3ED from a manifest (folder `hrf_m3ed`)."""
-
-
-class HrfCsv(CorpusBuilder, skip_registration=True):
-    """Any corpus from a `path,label,speaker` manifest (folder `hrf_csv`)."""
-
-
-class HrfRavdess(CorpusBuilder, skip_registration=True):
-    """RAVDESS speech, labels from file names (folder `hrf_ravdess`)."""
-
-
-class HrfCremaD(CorpusBuilder, skip_registration=True):
-    """CREMA-D, labels from file names (folder `hrf_crema_d`)."""
-
-
-BUILDERS = {"synthetic": HrfSynthetic, "iemocap": HrfIemocap, "daic_woz": HrfDaicWoz,
-            "m3ed": HrfM3ed, "csv": HrfCsv, "ravdess": HrfRavdess, "crema_d": HrfCremaD}
+@functools.cache
+def builder_class(name: str) -> type[CorpusBuilder]:
+    """The builder of registered corpus `name`; TFDS names its folder `hrf_<name>`."""
+    get_corpus(name)  # an unknown name fails here, naming the choices
+    title = "".join(part.title() for part in name.split("_"))
+    return type(f"Hrf{title}", (CorpusBuilder,), {"name": f"hrf_{name}", "__module__": __name__},
+                skip_registration=True)

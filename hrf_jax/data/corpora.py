@@ -1,7 +1,8 @@
-"""Readers that turn a corpus on disk into `SourceItem`s, and feature extraction per item.
+"""Readers that turn a corpus into `SourceItem`s (features per item: features.py).
 
-Readers never raise for a bad row or file: they count it in a `SkipLog` under a reason.
-They raise `LayoutError` at once when the folder does not look like the corpus at all.
+Every reader has the signature of hrf_jax/data/registry.py. Readers never raise for a bad
+row or file: they count it in a `SkipLog` under a reason. They raise `LayoutError` at once
+when the folder does not look like the corpus at all.
 """
 
 from __future__ import annotations
@@ -9,19 +10,17 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import pathlib
 import re
+from collections.abc import Callable
 
 import numpy as np
 import soundfile as sf
 
-from hrf_jax.audio import AudioError, MelSettings, load_audio, logmel_np
+from hrf_jax.data import synthetic
+from hrf_jax.data.registry import RAVDESS_CLASSES
 
-IEMOCAP_CLASSES = ("ang", "hap", "neu", "sad")
-DAIC_CLASSES = ("not_depressed", "depressed")
-M3ED_CLASSES = ("happy", "surprise", "sad", "disgust", "anger", "fear", "neutral")
-RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
-CREMAD_CLASSES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 M3ED_SPLIT_SERIES = (38, 7, 11)  # train / validation / test TV series (Zhao et al., ACL 2022)
 
 
@@ -31,7 +30,11 @@ class LayoutError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SourceItem:
-    """One candidate example; `start`/`end` (seconds) cut a segment out of `path`."""
+    """One candidate example; `start`/`end` (seconds) cut a segment out of `path`.
+
+    Its features come from `features` (a (T, F) .npy), else log-Mel of `generate()` (a
+    16 kHz waveform made on demand), else log-Mel of the audio file `path`.
+    """
 
     id: str
     label: str
@@ -42,6 +45,7 @@ class SourceItem:
     start: float | None = None
     end: float | None = None
     features: pathlib.Path | None = None
+    generate: Callable[[], np.ndarray] | None = None
 
 
 class SkipLog:
@@ -61,6 +65,31 @@ class SkipLog:
         return sum(self.counts.values())
 
 
+# ---------------------------------------------------------------- synthetic
+
+def read_synthetic(source: None, skips: SkipLog, classes: tuple[str, ...],
+                   **config) -> list[SourceItem]:
+    """The embedded corpus: one generated item per utterance, split by speaker.
+
+    `config` holds the `SyntheticConfig` fields; nothing is read, so nothing is skipped.
+    """
+    cfg = synthetic.SyntheticConfig(**config)
+    items = []
+    for index in range(cfg.num_utterances):
+        label, speaker = synthetic.utterance_plan(cfg, index)
+        name = f"spk{speaker:02d}"
+        items.append(SourceItem(
+            f"syn{index:06d}", classes[label], name, name,
+            synthetic.speaker_split(speaker, cfg.num_speakers),
+            generate=functools.partial(_synthetic_wave, cfg, index)))
+    return items
+
+
+def _synthetic_wave(cfg: synthetic.SyntheticConfig, index: int) -> np.ndarray:
+    # Module level so that the items pickle into extraction worker processes.
+    return synthetic.synthesize(cfg, index)[0]
+
+
 # ---------------------------------------------------------------- IEMOCAP
 
 _IEMOCAP_ROW = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\S+)\s+\[.*\]\s*$")
@@ -74,10 +103,13 @@ def iemocap_speaker(turn: str) -> str:
     return parts[0][:5] + parts[-1][0]
 
 
-def read_iemocap(root: pathlib.Path, skips: SkipLog, classes=IEMOCAP_CLASSES,
-                 merge: dict[str, str] | None = None) -> list[SourceItem]:
-    """Items from `IEMOCAP_full_release/SessionN/dialog/EmoEvaluation/*.txt` (top level only)."""
-    merge = {"exc": "hap"} if merge is None else merge
+def read_iemocap(root: pathlib.Path, skips: SkipLog, classes: tuple[str, ...],
+                 merge_exc: bool = True) -> list[SourceItem]:
+    """Items from `IEMOCAP_full_release/SessionN/dialog/EmoEvaluation/*.txt` (top level only).
+
+    `merge_exc`: excited counts as happy, the usual four-class IEMOCAP protocol.
+    """
+    merge = {"exc": "hap"} if merge_exc else {}
     sessions = sorted(p for p in root.glob("Session[1-5]") if (p / "dialog/EmoEvaluation").is_dir())
     if not sessions:
         raise LayoutError(
@@ -110,7 +142,8 @@ def read_iemocap(root: pathlib.Path, skips: SkipLog, classes=IEMOCAP_CLASSES,
 
 # ---------------------------------------------------------------- DAIC-WOZ
 
-def _read_split_csv(path: pathlib.Path, split: str, skips: SkipLog) -> dict[str, tuple[str, str]]:
+def _read_split_csv(path: pathlib.Path, split: str, skips: SkipLog, classes: tuple[str, ...]
+                    ) -> dict[str, tuple[str, str]]:
     out = {}
     with open(path, newline="") as fh:
         for row_no, row in enumerate(csv.DictReader(fh), 2):
@@ -118,17 +151,18 @@ def _read_split_csv(path: pathlib.Path, split: str, skips: SkipLog) -> dict[str,
                 pid = str(int(float(row["Participant_ID"])))
                 # The AVEC2017 test file names the column PHQ_Binary.
                 binary = int(float(row.get("PHQ8_Binary") or row["PHQ_Binary"]))
-                out[pid] = (DAIC_CLASSES[binary], split)
+                out[pid] = (classes[binary], split)
             except (KeyError, ValueError, TypeError, IndexError):
                 skips.add("bad_split_row", f"{path}:{row_no}")
     return out
 
 
-def read_daic_woz(root: pathlib.Path, skips: SkipLog, balance: int | None = None
-                  ) -> list[SourceItem]:
+def read_daic_woz(root: pathlib.Path, skips: SkipLog, classes: tuple[str, ...],
+                  balance: int | None = None) -> list[SourceItem]:
     """One item per Participant turn of `NNN_P/NNN_TRANSCRIPT.csv`; Ellie's rows are skipped.
 
-    `balance=N` keeps only the N longest turns per participant (counted as skipped otherwise).
+    `classes` name PHQ8_Binary 0 and 1. `balance=N` keeps only the N longest turns per
+    participant (counted as skipped otherwise).
     """
     train_csv = root / "train_split_Depression_AVEC2017.csv"
     dev_csv = root / "dev_split_Depression_AVEC2017.csv"
@@ -137,11 +171,11 @@ def read_daic_woz(root: pathlib.Path, skips: SkipLog, balance: int | None = None
             f"{root} does not look like DAIC-WOZ: expected train_split_Depression_AVEC2017.csv, "
             "dev_split_Depression_AVEC2017.csv (test split CSV optional) and NNN_P/NNN_AUDIO.wav "
             "+ NNN_P/NNN_TRANSCRIPT.csv folders")
-    labels = _read_split_csv(train_csv, "train", skips)
-    labels.update(_read_split_csv(dev_csv, "validation", skips))
+    labels = _read_split_csv(train_csv, "train", skips, classes)
+    labels.update(_read_split_csv(dev_csv, "validation", skips, classes))
     for name in ("full_test_split.csv", "test_split_Depression_AVEC2017.csv"):
         if (root / name).is_file():
-            labels.update(_read_split_csv(root / name, "test", skips))
+            labels.update(_read_split_csv(root / name, "test", skips, classes))
             break
     items = []
     folders = {p.name[:-2]: p for p in root.glob("*_P") if p.is_dir()}
@@ -253,17 +287,18 @@ def read_manifest(manifest: pathlib.Path, skips: SkipLog, classes: tuple[str, ..
     return items
 
 
-def read_m3ed(manifest: pathlib.Path, skips: SkipLog, seed: int = 0) -> list[SourceItem]:
+def read_m3ed(manifest: pathlib.Path, skips: SkipLog, classes: tuple[str, ...],
+              split_seed: int = 0) -> list[SourceItem]:
     """M3ED from a manifest `path,label,speaker,series[,split,id,features]`.
 
-    Without a `split` column the series are split 38/7/11 deterministically by `seed`; give
-    the official split in `split` to reproduce published numbers.
+    Without a `split` column the series are split 38/7/11 deterministically by `split_seed`;
+    give the official split in `split` to reproduce published numbers.
     """
-    items = read_manifest(manifest, skips, M3ED_CLASSES, ("path", "label", "speaker", "series"),
+    items = read_manifest(manifest, skips, classes, ("path", "label", "speaker", "series"),
                           group_column="series")
     if items and any(it.split is None for it in items):
         series = sorted({it.group for it in items})
-        order = np.random.default_rng(seed).permutation(len(series))
+        order = np.random.default_rng(split_seed).permutation(len(series))
         n_train, n_val, _ = _scaled_counts(len(series), M3ED_SPLIT_SERIES)
         which = {}
         for rank, idx in enumerate(order):
@@ -287,6 +322,7 @@ def _ravdess(stem: str) -> tuple[str, str]:
     parts = stem.split("-")
     if len(parts) != 7 or not all(p.isdigit() for p in parts) or parts[0] != "03":
         raise ValueError(stem)  # modality 03 = audio only
+    # Emotion codes 01..08 name RAVDESS's eight emotions in the registry's order.
     return RAVDESS_CLASSES[int(parts[2]) - 1], f"Actor_{parts[6]}"
 
 
@@ -298,11 +334,21 @@ def _cremad(stem: str) -> tuple[str, str]:
     return parts[2], parts[0]
 
 
-def read_filename_coded(root: pathlib.Path, corpus: str, skips: SkipLog,
-                        classes: tuple[str, ...]) -> list[SourceItem]:
-    """RAVDESS (`Actor_NN/03-01-EE-II-SS-RR-NN.wav`) or CREMA-D (`AudioWAV/AAAA_SSS_EEE_LL.wav`):
-    label and actor from the file name; group = speaker = actor."""
-    parse = {"ravdess": _ravdess, "crema_d": _cremad}[corpus]
+def read_ravdess(root: pathlib.Path, skips: SkipLog, classes: tuple[str, ...]
+                 ) -> list[SourceItem]:
+    """RAVDESS speech `Actor_NN/03-01-EE-II-SS-RR-NN.wav`: emotion and actor from the name."""
+    return _read_filename_coded(root, skips, classes, _ravdess)
+
+
+def read_crema_d(root: pathlib.Path, skips: SkipLog, classes: tuple[str, ...]
+                 ) -> list[SourceItem]:
+    """CREMA-D `AudioWAV/AAAA_SSS_EEE_LL.wav`: actor and emotion from the name."""
+    return _read_filename_coded(root, skips, classes, _cremad)
+
+
+def _read_filename_coded(root: pathlib.Path, skips: SkipLog, classes: tuple[str, ...],
+                         parse: Callable[[str], tuple[str, str]]) -> list[SourceItem]:
+    """Label and actor of each .wav under `root` from its name; group = speaker = actor."""
     wavs = sorted(root.rglob("*.wav"))
     if not wavs:
         raise LayoutError(f"{root} holds no .wav files: expected RAVDESS Actor_NN/"
@@ -319,51 +365,3 @@ def read_filename_coded(root: pathlib.Path, corpus: str, skips: SkipLog,
             continue
         items.append(SourceItem(wav.stem, label, actor, actor, None, wav))
     return items
-
-
-# ---------------------------------------------------------------- features
-
-class Extractor:
-    """Turns an item into (T, F) float32 features; raises AudioError(reason) for bad input.
-
-    `features_dir`: per-utterance `<id>.npy` (T, F) arrays used instead of log-Mel.
-    """
-
-    def __init__(self, settings: MelSettings, features_dir: pathlib.Path | None = None):
-        self.settings = settings
-        self.features_dir = features_dir
-        self._cached: tuple[pathlib.Path, np.ndarray] | None = None  # last decoded file
-
-    def __call__(self, item: SourceItem) -> np.ndarray:
-        feats_path = item.features or (
-            self.features_dir / f"{item.id}.npy" if self.features_dir else None)
-        if feats_path is not None:
-            return self._precomputed(feats_path)
-        wave = self._wave(item.path)
-        if item.start is not None:
-            sr = self.settings.sample_rate
-            lo, hi = int(round(item.start * sr)), int(round(item.end * sr))
-            if lo >= wave.shape[0]:
-                raise AudioError("segment_out_of_range",
-                                 f"{item.path}: segment {item.start}-{item.end} s past the end")
-            wave = wave[lo:hi]
-        return logmel_np(wave, self.settings)
-
-    def _wave(self, path: pathlib.Path) -> np.ndarray:
-        # DAIC-WOZ cuts dozens of turns from one long file: decode each file once.
-        if self._cached is None or self._cached[0] != path:
-            self._cached = (path, load_audio(path, self.settings.sample_rate))
-        return self._cached[1]
-
-    def _precomputed(self, path: pathlib.Path) -> np.ndarray:
-        if not path.is_file():
-            raise AudioError("missing_features", f"feature file not found: {path}")
-        try:
-            feats = np.load(path, allow_pickle=False)
-        except Exception as exc:  # numpy raises several types for corrupt files
-            raise AudioError("unreadable_features", f"cannot load {path}: {exc}") from exc
-        if feats.ndim != 2 or feats.shape[0] == 0:
-            raise AudioError("bad_feature_shape", f"{path}: shape {feats.shape}, expected (T, F)")
-        if not np.all(np.isfinite(feats)):
-            raise AudioError("nonfinite_features", f"NaN or inf in {path}")
-        return feats.astype(np.float32)

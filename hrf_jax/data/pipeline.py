@@ -15,8 +15,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from hrf_jax.audio import FeatureStats, corpus_stats, utterance_normalize
-from hrf_jax.data import prepare as prep
+from hrf_jax.data import preparation as prep
 from hrf_jax.data.builders import FULL_SPLIT
+from hrf_jax.data.registry import get_corpus
 
 PROTOCOLS = ("loso", "speaker")  # leave one group (session) out / leave one speaker out
 _READ = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)  # one background thread
@@ -119,6 +120,7 @@ def load_dataset(name: str, data_dir: str | pathlib.Path | None = None, *,
     if normalize not in ("corpus", "utterance", None, "none"):
         raise ValueError(f"normalize must be 'corpus', 'utterance' or None, got {normalize!r}")
     normalize = None if normalize == "none" else normalize
+    get_corpus(name)  # an unknown name fails here, naming the choices
     data_dir = pathlib.Path(data_dir).expanduser() if data_dir else prep.default_data_dir()
     config = config or _resolve_config(name, data_dir, manifest, options)
     path = prep.dataset_dir(name, data_dir, config)

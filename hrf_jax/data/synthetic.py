@@ -22,8 +22,8 @@ import dataclasses
 import numpy as np
 
 from hrf_jax.audio import SAMPLE_RATE
-
-CLASS_NAMES = ("neutral", "happy", "angry", "sad")
+from hrf_jax.data.registry import SYNTHETIC_CLASSES as CLASS_NAMES
+from hrf_jax.data.registry import SYNTHETIC_OPTIONS as _DEFAULTS
 
 # Class profiles, one column per class in CLASS_NAMES order, and the within-class spread
 # (standard deviation at difficulty 1) of each parameter.
@@ -55,14 +55,14 @@ _BANDWIDTHS = np.array([80.0, 100.0, 140.0, 200.0])
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """Size and difficulty knobs of the synthetic corpus."""
+    """Size and difficulty knobs of the synthetic corpus (defaults: the corpus registry's)."""
 
-    num_utterances: int = 2400
-    num_speakers: int = 24
-    seed: int = 0
-    difficulty: float = 1.0  # 0: prototypical classes; larger: more overlap
-    min_seconds: float = 1.0
-    max_seconds: float = 6.0
+    num_utterances: int = _DEFAULTS["num_utterances"]
+    num_speakers: int = _DEFAULTS["num_speakers"]
+    seed: int = _DEFAULTS["seed"]
+    difficulty: float = _DEFAULTS["difficulty"]  # 0: prototypical classes; larger: more overlap
+    min_seconds: float = _DEFAULTS["min_seconds"]
+    max_seconds: float = _DEFAULTS["max_seconds"]
 
     def __post_init__(self):
         if self.num_speakers < 3:

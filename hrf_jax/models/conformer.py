@@ -13,17 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hrf_jax.layers import (
-    ConvSubsampling,
-    Dropout,
-    HRFSpec,
-    MaskedBatchNorm,
-    MultiHeadAttention,
-    RelPositionAttention,
-    masked_mean,
-    sinusoidal_encoding,
-    zero_padding,
-)
+from hrf_jax.attention import MultiHeadAttention, RelPositionAttention, sinusoidal_encoding
+from hrf_jax.hrf import HRFSpec
+from hrf_jax.layers import Dropout, FeedForward
+from hrf_jax.masking import MaskedBatchNorm, masked_mean, zero_padding
+from hrf_jax.subsampling import ConvSubsampling
 
 Array = jax.Array
 
@@ -93,7 +87,7 @@ class ConformerBlock(nn.Module):
     def __call__(self, x: Array, mask: Array, *, train: bool = False) -> Array:
         cfg = self.cfg
         drop = Dropout(cfg.dropout, deterministic=not train)
-        h = self.hrf.ffn(cfg.ffn_dim, nn.swish, cfg.dropout, "ffn1")(
+        h = FeedForward(cfg.ffn_dim, nn.swish, cfg.dropout, self.hrf, name="ffn1")(
             nn.LayerNorm(name="ln_ffn1")(x), train=train
         )
         x = x + 0.5 * drop(h)
@@ -106,7 +100,7 @@ class ConformerBlock(nn.Module):
         x = x + ConvModule(cfg.kernel_size, self.hrf, cfg.dropout, cfg.fold_bn, name="conv")(
             x, mask, train=train
         )
-        h = self.hrf.ffn(cfg.ffn_dim, nn.swish, cfg.dropout, "ffn2")(
+        h = FeedForward(cfg.ffn_dim, nn.swish, cfg.dropout, self.hrf, name="ffn2")(
             nn.LayerNorm(name="ln_ffn2")(x), train=train
         )
         x = x + 0.5 * drop(h)
@@ -136,3 +130,6 @@ class Conformer(nn.Module):
         for i in range(cfg.num_layers):
             x = ConformerBlock(cfg, self.hrf, name=f"block_{i}")(x, mask, train=train)
         return self.hrf.dense(self.num_classes, "head", "classifier")(masked_mean(x, mask))
+
+
+MODEL = Conformer  # the registry builds this class with (config, num_classes, HRFSpec)

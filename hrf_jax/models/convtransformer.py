@@ -13,14 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hrf_jax.layers import (
-    ConvSubsampling,
-    Dropout,
-    EncoderLayer,
-    HRFSpec,
-    masked_mean,
-    sinusoidal_encoding,
-)
+from hrf_jax.attention import sinusoidal_encoding
+from hrf_jax.hrf import HRFSpec
+from hrf_jax.layers import Dropout, EncoderLayer
+from hrf_jax.masking import masked_mean
+from hrf_jax.subsampling import ConvSubsampling
 
 Array = jax.Array
 
@@ -71,3 +68,6 @@ class ConvTransformer(nn.Module):
         if cfg.pre_ln:
             x = nn.LayerNorm(name="ln_out")(x)
         return self.hrf.dense(self.num_classes, "head", "classifier")(masked_mean(x, mask))
+
+
+MODEL = ConvTransformer  # the registry builds this class with (config, num_classes, HRFSpec)

@@ -22,7 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hrf_jax.layers import Dropout, EncoderLayer, HRFSpec, masked_mean, sinusoidal_encoding
+from hrf_jax.attention import sinusoidal_encoding
+from hrf_jax.hrf import HRFSpec
+from hrf_jax.layers import Dropout, EncoderLayer
+from hrf_jax.masking import masked_mean
 
 Array = jax.Array
 
@@ -137,3 +140,6 @@ class SpeechFormer(nn.Module):
             x = nn.relu(self.hrf.dense(width, "head", f"head_{i}")(x))
             x = Dropout(cfg.head_dropout, deterministic=not train)(x)
         return self.hrf.dense(self.num_classes, "head", "classifier")(x)
+
+
+MODEL = SpeechFormer  # the registry builds this class with (config, num_classes, HRFSpec)

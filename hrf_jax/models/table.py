@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hrf_jax.models import build_model, get_config, list_configs
 from hrf_jax.models.conformer import ConformerConfig
 from hrf_jax.models.convtransformer import ConvTransformerConfig
+from hrf_jax.models.registry import build_model, get_config, list_configs
 from hrf_jax.models.speechformer import SpeechFormerConfig
 from hrf_jax.reparam import count_params
 

@@ -6,6 +6,7 @@ exactly as ``hrf_jax.loop.fit`` does (prefetching included); both end with one h
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -19,14 +20,14 @@ def feed_check(backbone: str, variant: str, steps: int = 20, batch: int = 32,
 
     from hrf_jax.config import default_config
     from hrf_jax.data import TrainLoader
-    from hrf_jax.loop import model_from_config, open_dataset
+    from hrf_jax.run import model_from_config, open_dataset
     from hrf_jax.train import DataParallel, create_state, make_optimizer, make_train_step
 
     cfg = default_config()
     cfg.model.backbone = backbone
     cfg.model.size = "large" if variant == "large" else "light"
     cfg.model.hrf_ratio = 4 if variant == "light_hrf4" else 0
-    ds = open_dataset(cfg.dataset)
+    ds = open_dataset(cfg.dataset, prepare=True)
     model = model_from_config(cfg.model, len(ds.class_names))
     loader = TrainLoader(ds.train, batch_size=batch, max_frames=max_frames, seed=0)
     steps = min(steps, len(loader) - 1)
@@ -40,7 +41,7 @@ def feed_check(backbone: str, variant: str, steps: int = 20, batch: int = 32,
     state, stats = step(state, placed)  # compile
     jax.block_until_ready(stats)
 
-    def timed(batches) -> float:
+    def timed(batches: Iterable[Any]) -> float:
         nonlocal state
         t0 = time.perf_counter()
         for b in batches:
