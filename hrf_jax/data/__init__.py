@@ -6,8 +6,7 @@ The names below are imported on first use (PEP 562), so `hrf_jax.data.registry` 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hrf_jax.lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -24,13 +23,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'hrf_jax.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

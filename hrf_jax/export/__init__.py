@@ -21,8 +21,7 @@ This module itself imports nothing heavy, so the CLI reads the choices below wit
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hrf_jax.lazy import lazy_exports
 
 FORMATS = ("tflite", "onnx")
 QUANTIZE = ("none", "fp16", "int8-dynamic", "int8")
@@ -42,13 +41,4 @@ _LAZY = {
 __all__ = ["FORMATS", "FP32_TOLERANCE", "QUANTIZE", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'hrf_jax.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

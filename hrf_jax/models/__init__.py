@@ -8,8 +8,7 @@ The names below need no JAX (the CLI lists them in ``--help``); the functions co
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hrf_jax.lazy import lazy_exports
 
 BACKBONES = ("conformer", "speechformer", "convtransformer")
 SIZES = ("light", "large")
@@ -19,13 +18,4 @@ _REGISTRY = ("build_model", "get_config", "list_configs", "supported_targets")
 __all__ = ["BACKBONES", "SIZES", *_REGISTRY]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _REGISTRY:
-        raise AttributeError(f"module 'hrf_jax.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module("hrf_jax.models.registry"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_REGISTRY])
+__getattr__, __dir__ = lazy_exports(globals(), dict.fromkeys(_REGISTRY, "hrf_jax.models.registry"))

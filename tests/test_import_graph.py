@@ -1,0 +1,78 @@
+"""The import graph is one-way: cli -> (run, loop, deploy, export, bench) -> models ->
+layers / reparam; data -> audio; the device runtime imports nothing from the package.
+Checked on the source (every ``import``, also inside functions), so a new edge fails here."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hrf_jax"
+# the building blocks of models and of the re-parameterizations
+CORE = ("hrf_jax.hrf", "hrf_jax.layers", "hrf_jax.attention", "hrf_jax.local_attention",
+        "hrf_jax.masking", "hrf_jax.subsampling", "hrf_jax.trees", "hrf_jax.reparam",
+        "hrf_jax.bn_fold", "hrf_jax.lazy")
+# what training, deployment and the command line are made of
+UPPER = ("hrf_jax.run", "hrf_jax.loop", "hrf_jax.deploy", "hrf_jax.export", "hrf_jax.bench",
+         "hrf_jax.cli", "hrf_jax.demo", "hrf_jax.train", "hrf_jax.evaluate", "hrf_jax.data",
+         "hrf_jax.checkpoint", "hrf_jax.config")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every hrf_jax module ``path`` imports (``from hrf_jax import x``: ``hrf_jax.x`` too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("hrf_jax")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hrf_jax"):
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+GRAPH = {_module(p): _imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _within(name: str, rooms: tuple[str, ...]) -> bool:
+    return any(name == r or name.startswith(r + ".") for r in rooms)
+
+
+def _offending(module: str, rooms: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in GRAPH[module] if _within(n, rooms) and not _within(module, rooms))
+
+
+def test_the_graph_covers_the_package():
+    assert {"hrf_jax.run", "hrf_jax.cli", "hrf_jax.runtime", "hrf_jax.models.conformer"} <= set(
+        GRAPH)
+
+
+def test_runtime_imports_nothing_from_the_package():
+    assert GRAPH["hrf_jax.runtime"] == set()
+
+
+@pytest.mark.parametrize("module", [m for m in GRAPH if _within(m, CORE + ("hrf_jax.models",))])
+def test_models_and_core_do_not_import_upwards(module):
+    assert _offending(module, UPPER) == []
+
+
+@pytest.mark.parametrize("module", [m for m in GRAPH if _within(m, ("hrf_jax.data",))])
+def test_data_imports_only_audio_and_itself(module):
+    allowed = ("hrf_jax.data", "hrf_jax.audio", "hrf_jax.lazy")
+    assert sorted(n for n in GRAPH[module] if not _within(n, allowed)) == []
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_only_training_imports_the_loop(module):
+    if _within(module, ("hrf_jax.loop", "hrf_jax.cli.train", "hrf_jax.demo")):
+        return
+    assert _offending(module, ("hrf_jax.loop",)) == []
+
+
+def test_the_command_line_is_imported_by_nothing_in_the_package():
+    users = sorted(m for m in GRAPH if _offending(m, ("hrf_jax.cli",)) and m != "hrf_jax.__main__")
+    assert users == []
