@@ -115,7 +115,9 @@ def machine() -> dict[str, Any]:
     from hrf_jax.bench.machine import machine as base_machine
 
     versions = {}
-    for name in ("jax", "tensorflow-cpu", "ai-edge-litert", "onnxruntime", "jax2onnx"):
+    # the export extra installs `tensorflow`; earlier environments had `tensorflow-cpu`
+    for name in ("jax", "tensorflow", "tensorflow-cpu", "ai-edge-litert", "onnxruntime",
+                 "jax2onnx"):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import ml_collections
@@ -33,13 +33,69 @@ def default_config() -> ml_collections.ConfigDict:
         {"epochs": 20, "batch_size": 32, "max_frames": 300, "eval_batch_size": 32,
          "label_smoothing": 0.0, "class_weights": False, "balanced": False, "seed": 0,
          "select_metric": "ua", "keep_last": 2, "save_every_steps": 0,
-         "compute_dtype": "float32", "distributed": False, "progress": True}
+         "compute_dtype": "float32", "distributed": False, "progress": True,
+         # multi-host: "HOST:PORT" / -1 let JAX detect the cluster (SLURM, TPU pods)
+         "coordinator_address": "", "num_processes": -1, "process_id": -1}
     )
     return c
 
 
+def choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every string field with a fixed set (of each item, for a tuple).
+
+    ``dataset.protocol`` is not here: its names live only in the data pipeline (TFDS, grain).
+    """
+    from hrf_jax.data.registry import CORPORA
+    from hrf_jax.hrf import HRF_BASES, HRF_INITS, HRF_TARGETS  # flax: only when validating
+    from hrf_jax.models import BACKBONES, SIZES
+
+    return {
+        "dataset.name": tuple(CORPORA),
+        "dataset.normalize": ("corpus", "utterance", "none"),
+        "model.backbone": BACKBONES,
+        "model.size": SIZES,
+        "model.hrf_targets": HRF_TARGETS,
+        "model.hrf_base": HRF_BASES,
+        "model.hrf_init": HRF_INITS,
+        "optimizer.name": ("adamw", "sgd"),
+        # the scores of metrics.classification_metrics that grow with quality
+        "train.select_metric": ("wa", "ua", "macro_f1", "weighted_f1"),
+        "train.compute_dtype": ("float32", "bfloat16"),
+    }
+
+
+def validate(config: ml_collections.ConfigDict, fields: Iterable[str] | None = None) -> None:
+    """ValueError naming the field, the bad value and the choices, for the first field of
+    ``choices()`` (of ``fields`` only, when given) whose value is not allowed."""
+    wanted = None if fields is None else set(fields)
+    for field, allowed in choices().items():
+        if wanted is not None and field not in wanted:
+            continue
+        value = _lookup(config, field)
+        for item in value if isinstance(value, tuple) else (value,):
+            if item not in allowed:
+                raise ValueError(f"config.{field}: {item!r} is not allowed; "
+                                 f"choose from {', '.join(allowed)}")
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str):
+    node = config
+    for name in dotted.split("."):
+        if name not in node:
+            raise ValueError(f"config has no field {dotted!r}")
+        node = node[name]
+    return node
+
+
 def load_config(path: str | None = None) -> ml_collections.ConfigDict:
-    """Defaults, or a Python config file defining ``get_config()``, or a saved JSON config."""
+    """Defaults, or a Python config file defining ``get_config()``, or a saved JSON config;
+    validated (see ``validate``)."""
+    config = _read_config(path)
+    validate(config)
+    return config
+
+
+def _read_config(path: str | None) -> ml_collections.ConfigDict:
     if not path:
         return default_config()
     file = Path(path)
@@ -75,8 +131,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     """Applies ``config.a.b=value`` (or ``--config.a.b=value``) in place.
 
     Values are parsed as Python literals and must match the field's existing type
-    (an int may fill a float field); unknown fields are an error naming the field.
+    (an int may fill a float field); unknown fields and values outside ``choices()`` are an
+    error naming the field.
     """
+    fields = []
     for item in overrides:
         text = item.removeprefix("--")
         if "=" not in text or not text.startswith("config."):
@@ -91,6 +149,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         if leaf not in node:
             raise ValueError(f"unknown config field {dotted!r}; fields: {sorted(node.keys())}")
         node[leaf] = _parse(raw, node[leaf], dotted)
+        fields.append(dotted)
+    validate(config, fields)
 
 
 def _parse(raw: str, current, name: str):

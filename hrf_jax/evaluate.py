@@ -18,7 +18,7 @@ def split_probs(eval_step: Any, variables: dict, source: Any, parallel: DataPara
                 num_classes: int, batch_size: int) -> np.ndarray:
     """Class probabilities ``(N, C)`` of every utterance of ``source`` (a data ``Source``)."""
     loader = EvalLoader(source, batch_size=batch_size, buckets=EVAL_BUCKETS,
-                        chunk_frames=EVAL_BUCKETS[-1])
+                        chunk_frames=EVAL_BUCKETS[-1], host=parallel.host)
     return predict_source(eval_step, variables["params"], variables.get("batch_stats", {}),
                           loader, parallel, len(source), num_classes)
 

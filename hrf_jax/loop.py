@@ -4,6 +4,9 @@
 checkpoint), ``_train_epoch`` (resumable mid-epoch), ``_select_and_save`` (validation metrics,
 best-so-far selection, checkpoint, log line) and ``_final_report`` (test metrics of the
 checkpoint selected on the validation split, which is carved from training speakers).
+
+On many hosts every process runs the same steps on its share of each batch; process 0 alone
+prepares the corpus, writes the run files and prints.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from hrf_jax.checkpoint import RunCheckpoints, restore_state
+from hrf_jax.config import validate
 from hrf_jax.data import TrainLoader
 from hrf_jax.evaluate import evaluate
-from hrf_jax.run import Run
+from hrf_jax.run import Run, is_main_process, write_run_file
 from hrf_jax.train import (
     DataParallel,
     TrainState,
@@ -61,15 +66,16 @@ class _Training:
 def fit(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains (or resumes) the run in ``workdir``; returns the final summary (also FINAL).
     A run that has finished its epochs returns its saved summary without evaluating again."""
+    validate(config)  # a config built in Python has not been through load_config
     if config.train.distributed:
-        jax.distributed.initialize()
+        _connect_hosts(config.train)
     run = Run.create(workdir, config)
     run.save_config()
     if run.final.is_file():  # finished before: report it without loading or evaluating again
         summary = json.loads(run.final.read_text())
         if len(summary["history"]) >= config.train.epochs:
-            print(f"{run.path} has finished its {len(summary['history'])} epochs; "
-                  f"final metrics: {run.final}")
+            _say(f"{run.path} has finished its {len(summary['history'])} epochs; "
+                 f"final metrics: {run.final}")
             return summary
     t, state = _setup(run)
     state, meta = _resume(t, state)
@@ -83,19 +89,43 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     return _final_report(t, state, meta)
 
 
+def _connect_hosts(tcfg: ml_collections.ConfigDict) -> None:
+    """Joins the run's other processes; an empty address or -1 lets JAX detect the cluster."""
+    jax.distributed.initialize(
+        coordinator_address=tcfg.coordinator_address or None,
+        num_processes=tcfg.num_processes if tcfg.num_processes >= 0 else None,
+        process_id=tcfg.process_id if tcfg.process_id >= 0 else None,
+    )
+
+
+def _say(message: str) -> None:
+    """Prints once per run, not once per process."""
+    if is_main_process():
+        print(message)
+
+
+def _open_dataset(run: Run) -> Any:
+    """Process 0 prepares the corpus while the others wait, so no two processes write it."""
+    ds = run.dataset(prepare=True) if is_main_process() else None
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("hrf_jax: corpus prepared")
+    return ds if ds is not None else run.dataset()
+
+
 def _round_batch(batch_size: int, parallel: DataParallel) -> int:
     return max(parallel.size, batch_size // parallel.size * parallel.size)
 
 
 def _setup(run: Run) -> tuple[_Training, TrainState]:
     tcfg = run.config.train
-    ds = run.dataset(prepare=True)
+    ds = _open_dataset(run)
     run.save_info(ds)
     model = run.model()
     parallel = DataParallel()
     batch_size = _round_batch(tcfg.batch_size, parallel)
     loader = TrainLoader(ds.train, batch_size=batch_size, max_frames=tcfg.max_frames,
-                         seed=tcfg.seed, balanced=tcfg.balanced)
+                         seed=tcfg.seed, balanced=tcfg.balanced,
+                         host=parallel.host)
     tx = make_optimizer(run.config.optimizer, tcfg.epochs * len(loader))
     feats, mask = run.example_inputs(batch_size, tcfg.max_frames)
     state = parallel.replicate(create_state(model, tx, jax.random.PRNGKey(tcfg.seed), feats,
@@ -110,7 +140,7 @@ def _setup(run: Run) -> tuple[_Training, TrainState]:
                   eval_step=make_eval_step(model, parallel),
                   checkpoints=RunCheckpoints(run.last_dir, run.best_dir, tcfg.keep_last),
                   eval_batch_size=_round_batch(tcfg.eval_batch_size, parallel),
-                  writer=_tensorboard(run.path))
+                  writer=_tensorboard(run.path) if is_main_process() else None)
     return t, state
 
 
@@ -119,7 +149,7 @@ def _resume(t: _Training, state: TrainState) -> tuple[TrainState, dict[str, Any]
     if restored is None:
         return state, {"step": 0, "history": [], "best": None}
     state, meta = restored
-    print(f"resuming {t.run.path} from step {meta['step']} (epoch {meta['epoch']}, "
+    _say(f"resuming {t.run.path} from step {meta['step']} (epoch {meta['epoch']}, "
           f"batch {meta['batch']})")
     return state, meta
 
@@ -134,9 +164,9 @@ def _train_epoch(t: _Training, state: TrainState, meta: dict[str, Any], epoch: i
     # sums of the interrupted epoch so far, so a resumed epoch logs the same numbers
     running = _restore_running(meta.get("running")) if start else None
     bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{t.tcfg.epochs}",
-               disable=not t.tcfg.progress, leave=False)
+               disable=not (t.tcfg.progress and is_main_process()), leave=False)
     for i, batch in enumerate(t.loader.epoch(epoch, start=start), start=start):
-        state, stats = t.train_step(state, t.parallel.put_batch(batch))
+        state, stats = t.train_step(state, t.parallel.put_batch(batch, local=True))
         weighted = {"loss": stats["loss"] * stats["count"], "correct": stats["correct"],
                     "count": stats["count"]}
         running = weighted if running is None else jax.tree_util.tree_map(
@@ -176,14 +206,21 @@ def _select_and_save(t: _Training, state: TrainState, meta: dict[str, Any], epoc
         meta["best"] = {"score": score, "epoch": epoch + 1, "step": meta["step"]}
     meta["history"] = [*meta["history"], record]
     t.checkpoints.save(state, {**meta, "epoch": epoch + 1, "batch": 0}, best=improved)
+    if is_main_process():
+        _log_epoch(t, record, improved)
+    return meta
+
+
+def _log_epoch(t: _Training, record: dict[str, Any], improved: bool) -> None:
+    """The epoch's line in ``metrics.jsonl``, TensorBoard and (with progress) the console."""
     with open(t.run.metrics_log, "a") as f:
         f.write(json.dumps(record) + "\n")
     if t.writer is not None:
         _log_tensorboard(t.writer, record)
     if t.tcfg.progress:
-        print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} "
+        val = record["val"]
+        print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f} "
               f"val WA {val['wa']:.3f} UA {val['ua']:.3f}" + (" *" if improved else ""))
-    return meta
 
 
 def _final_report(t: _Training, state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +233,7 @@ def _final_report(t: _Training, state: TrainState, meta: dict[str, Any]) -> dict
         "history": meta["history"],
         "class_names": t.ds.class_names,
     }
-    t.run.final.write_text(json.dumps(summary, indent=2))
+    write_run_file(t.run.final, json.dumps(summary, indent=2))
     return summary
 
 

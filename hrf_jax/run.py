@@ -82,7 +82,7 @@ class Run:
         return cls(path, config, info)
 
     def save_config(self) -> None:
-        (self.path / CONFIG_FILE).write_text(self.config.to_json(indent=2))
+        write_run_file(self.path / CONFIG_FILE, self.config.to_json(indent=2))
 
     def save_info(self, ds: Any) -> None:
         """What inference needs besides the weights: classes, feature size, normalisation."""
@@ -94,7 +94,7 @@ class Run:
             "mean": ds.stats.mean.tolist() if ds.stats is not None else None,
             "std": ds.stats.std.tolist() if ds.stats is not None else None,
         }
-        (self.path / RUN_INFO).write_text(json.dumps(self.info, indent=2))
+        write_run_file(self.path / RUN_INFO, json.dumps(self.info, indent=2))
 
     # ------------------------------------------------------------------ paths and facts
 
@@ -214,6 +214,21 @@ class Run:
     def dataset(self, *, prepare: bool = False) -> Any:
         """The run's corpus and fold (``prepare=True``: prepare it first where possible)."""
         return open_dataset(self.config.dataset, prepare=prepare)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run files (process 0; the only one on one host)."""
+    return jax.process_index() == 0
+
+
+def write_run_file(path: Path, text: str) -> None:
+    """Process 0 writes ``path`` whole (a temporary file renamed), so another process that
+    reads it meanwhile sees the old or the new file, never half of one."""
+    if not is_main_process():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, *, plain: bool = False,

@@ -166,12 +166,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- backends
 
 
+def _missing(path: pathlib.Path, module: str, package: str) -> ModuleNotFoundError:
+    # this file also runs alone on a device without hrf-jax, so name the plain package too
+    return ModuleNotFoundError(
+        f"running {path} needs the module {module}, which is not installed: "
+        f"pip install {package} (or pip install 'hrf-jax[runtime]')", name=module)
+
+
 class _LiteRT:
     def __init__(self, path: pathlib.Path, num_threads: int | None):
         try:
             from ai_edge_litert.interpreter import Interpreter
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("running .tflite models needs `pip install ai-edge-litert`") from exc
+        except ImportError as exc:
+            raise _missing(path, "ai_edge_litert", "ai-edge-litert") from exc
         self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
         self._interp.allocate_tensors()
         inputs = self._interp.get_input_details()
@@ -194,8 +201,8 @@ class _Onnx:
     def __init__(self, path: pathlib.Path, num_threads: int | None):
         try:
             import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("running .onnx models needs `pip install onnxruntime`") from exc
+        except ImportError as exc:
+            raise _missing(path, "onnxruntime", "onnxruntime") from exc
         opts = ort.SessionOptions()
         if num_threads:
             opts.intra_op_num_threads = num_threads

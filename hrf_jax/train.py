@@ -95,19 +95,26 @@ class DataParallel:
     def size(self) -> int:
         return self.mesh.size
 
-    def put_batch(self, batch: Batch) -> dict[str, jax.Array]:
-        """Host batch -> global sharded arrays. Every host builds the same global batch from
-        the same seed and contributes its own slice (simple and exact for data parallelism)."""
+    @property
+    def host(self) -> tuple[int, int]:
+        """``(index, count)`` of this process, for loaders that read one host's share."""
+        return jax.process_index(), jax.process_count()
+
+    def put_batch(self, batch: Batch, *, local: bool = False) -> dict[str, jax.Array]:
+        """Host batch -> global sharded arrays. ``local=False``: every host holds the same
+        global batch and contributes its slice; ``local=True``: ``batch`` is already this
+        host's slice (``TrainLoader(host=...)``), the hosts' slices in process order."""
         n_proc, pid = jax.process_count(), jax.process_index()
+        devices = self.size // n_proc if local else self.size
         out = {}
         for key, value in batch.items():
-            if value.shape[0] % self.size:
+            if value.shape[0] % devices:
                 raise ValueError(
                     f"batch dimension {value.shape[0]} of '{key}' is not divisible by the "
-                    f"{self.size} devices; choose a batch size that is"
+                    f"{devices} devices; choose a batch size that is"
                 )
-            local = np.array_split(value, n_proc)[pid] if n_proc > 1 else value
-            out[key] = jax.make_array_from_process_local_data(self.batch, local)
+            mine = value if local or n_proc == 1 else np.array_split(value, n_proc)[pid]
+            out[key] = jax.make_array_from_process_local_data(self.batch, mine)
         return out
 
     def replicate(self, tree: Any) -> Any:
@@ -186,11 +193,14 @@ def predict_source(
     eval_step: Callable, params: Any, batch_stats: Any, loader: Iterable[Batch],
     parallel: DataParallel, num_items: int, num_classes: int,
 ) -> np.ndarray:
-    """Probabilities ``(N, C)`` for every utterance of an ``EvalLoader``; chunks of a long
-    utterance are averaged. Device results are fetched once, at the end."""
+    """Probabilities ``(N, C)`` for every utterance of an ``EvalLoader`` reading this host's
+    share (``host=parallel.host``); chunks of a long utterance are averaged. The eval step
+    gathers every host's rows, so each process gets the whole split. Device results are
+    fetched once, at the end."""
     pending = []
     for batch in loader:
-        placed = parallel.put_batch({"feats": batch["feats"], "mask": batch["mask"]})
+        placed = parallel.put_batch({"feats": batch["feats"], "mask": batch["mask"]},
+                                    local=True)
         probs = eval_step(params, batch_stats, placed["feats"], placed["mask"])
         pending.append((probs, batch["index"], batch["valid"]))
     sums = np.zeros((num_items, num_classes), np.float64)

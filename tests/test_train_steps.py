@@ -1,10 +1,10 @@
-"""The jit train/eval steps: a tiny model overfits, eval is deterministic, config overrides."""
+"""The jit train/eval steps: a tiny model overfits, eval is deterministic."""
 
 import jax
 import numpy as np
 import pytest
 
-from hrf_jax.config import apply_overrides, default_config
+from hrf_jax.config import default_config
 from hrf_jax.models import build_model
 from hrf_jax.train import (
     DataParallel,
@@ -70,17 +70,3 @@ def test_sgd_recipe_and_unknown_optimizer():
     config.name = "lamb"
     with pytest.raises(ValueError, match="optimizer.name"):
         make_optimizer(config, 10)
-
-
-def test_config_overrides_parse_and_check_types():
-    config = default_config()
-    apply_overrides(config, ["--config.optimizer.lr=3e-4", "config.model.hrf_ratio=8",
-                             "--config.model.backbone=speechformer",
-                             "--config.model.hrf_targets=('ffn','attn_in')"])
-    assert config.optimizer.lr == 3e-4 and config.model.hrf_ratio == 8
-    assert config.model.backbone == "speechformer"
-    assert config.model.hrf_targets == ("ffn", "attn_in")
-    with pytest.raises(ValueError, match="unknown config field 'model.hrf_rato'"):
-        apply_overrides(config, ["--config.model.hrf_rato=2"])
-    with pytest.raises(ValueError, match="expects int"):
-        apply_overrides(config, ["--config.train.epochs=2.5"])

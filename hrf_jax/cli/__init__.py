@@ -38,6 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as err:  # missing extra: names it
         print(f"hrf-jax {args.command}: {err}", file=sys.stderr)
         return 2

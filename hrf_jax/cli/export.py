@@ -36,7 +36,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export, print one summary line; a failed float32 parity check exits with 1."""
+    """Export, print one summary line; a missing optional package exits with 2 before
+    anything is loaded, a failed float32 parity check with 1."""
+    from hrf_jax.export.extras import require_extras
+
+    try:
+        require_extras(args.format)
+    except ModuleNotFoundError as err:
+        print(f"hrf-jax export: {err}", file=sys.stderr)
+        return 2
     from hrf_jax.export import ParityError, export_model
 
     try:

@@ -20,12 +20,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hrf_jax.config import apply_overrides, load_config
     from hrf_jax.loop import fit
+    from hrf_jax.run import is_main_process
 
     config = load_config(args.config_file)
     apply_overrides(config, args.overrides)
     summary = fit(config, args.workdir)
     test = summary["test"]
-    if test:
+    if test and is_main_process():
         print(f"test (checkpoint of epoch {summary['selected']['epoch']}): "
               f"WA {test['wa']:.4f} UA {test['ua']:.4f} macro-F1 {test['macro_f1']:.4f}")
     return 0

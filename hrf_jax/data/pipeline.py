@@ -170,14 +170,21 @@ class TrainLoader:
 
     Order and crops depend only on (seed, epoch); `epoch(e, start=k)` skips k batches
     without loading them. `balanced=True` samples classes uniformly (with replacement).
+    `host=(index, count)`: load only that host's contiguous share of every global batch
+    (the rows `np.array_split` gives it); the shares of all hosts make the global batch.
     """
 
     def __init__(self, source: Source, batch_size: int = 32, max_frames: int = 300,
-                 seed: int = 0, balanced: bool = False, drop_remainder: bool = True):
+                 seed: int = 0, balanced: bool = False, drop_remainder: bool = True,
+                 host: tuple[int, int] = (0, 1)):
         if len(source) == 0:
             raise ValueError("TrainLoader needs a non-empty source")
+        if not 0 <= host[0] < host[1]:
+            raise ValueError(f"TrainLoader host must be (index, count), 0 <= index < count; "
+                             f"got {host}")
         self.source, self.batch_size, self.max_frames = source, batch_size, max_frames
         self.seed, self.balanced, self.drop_remainder = seed, balanced, drop_remainder
+        self.host = host
 
     def __len__(self) -> int:
         n = len(self.source)
@@ -203,9 +210,14 @@ class TrainLoader:
     def _load(self, job: tuple[int, int, np.ndarray]) -> dict:
         epoch, b, indices = job
         rng = np.random.default_rng([self.seed, epoch, b, 1])  # crops: per (seed, epoch, batch)
+        parts = np.array_split(indices, self.host[1])
+        mine, first = parts[self.host[0]], sum(map(len, parts[:self.host[0]]))
+        for i in indices[:first]:  # other hosts' crops, drawn so this host's are the global ones
+            if self.source.lengths[i] > self.max_frames:
+                rng.integers(0, int(self.source.lengths[i]) - self.max_frames + 1)
         dim = None
         feats, mask, labels = [], [], []
-        for i in indices:
+        for i in mine:
             ex = self.source[int(i)]
             x = ex["feats"]
             dim = x.shape[1]
@@ -226,11 +238,17 @@ class EvalLoader:
 
     Utterances longer than `chunk_frames` are cut into equal chunks (<= chunk_frames each);
     `index` maps every row to its utterance, `valid` is False on rows padding the last batch.
+    `host=(index, count)`: `feats`/`mask` hold only that host's rows (as in `TrainLoader`);
+    `label`/`index`/`valid` stay those of the whole batch, to place gathered predictions.
     """
 
     def __init__(self, source: Source, batch_size: int = 32,
-                 buckets: Sequence[int] = (100, 200, 300, 600, 1000), chunk_frames: int = 1000):
+                 buckets: Sequence[int] = (100, 200, 300, 600, 1000), chunk_frames: int = 1000,
+                 host: tuple[int, int] = (0, 1)):
         self.source, self.batch_size, self.chunk_frames = source, batch_size, chunk_frames
+        self.host = host
+        # a host may own no utterance of a short last batch: its zero rows need the width
+        self._dim = source[0]["feats"].shape[1] if len(source) else 0
         self.buckets = sorted(set(buckets) | ({chunk_frames} if max(buckets) < chunk_frames
                                               else set()))
         pieces: dict[int, list[tuple[int, int, int]]] = {}
@@ -253,16 +271,16 @@ class EvalLoader:
     def _load(self, job: tuple[int, list[tuple[int, int, int]]]) -> dict:
         bucket, items = job
         b = self.batch_size
-        feats = None
-        mask = np.zeros((b, bucket), bool)
         label = np.zeros((b,), np.int32)
         index = np.zeros((b,), np.int32)
         valid = np.zeros((b,), bool)
-        for row, (idx, lo, hi) in enumerate(items):
-            ex = self.source[idx]
-            if feats is None:
-                feats = np.zeros((b, bucket, ex["feats"].shape[1]), np.float32)
-            feats[row, :hi - lo] = ex["feats"][lo:hi]
-            mask[row, :hi - lo] = True
-            label[row], index[row], valid[row] = ex["label"], idx, True
+        for row, (idx, _, _) in enumerate(items):
+            label[row], index[row], valid[row] = self.source.labels[idx], idx, True
+        rows = np.array_split(np.arange(b), self.host[1])[self.host[0]]
+        feats = np.zeros((len(rows), bucket, self._dim), np.float32)
+        mask = np.zeros((len(rows), bucket), bool)
+        for out, row in enumerate(rows[rows < len(items)]):
+            idx, lo, hi = items[row]
+            feats[out, :hi - lo] = self.source[idx]["feats"][lo:hi]
+            mask[out, :hi - lo] = True
         return {"feats": feats, "mask": mask, "label": label, "index": index, "valid": valid}

@@ -11,6 +11,7 @@ from typing import Any
 
 from hrf_jax import runtime
 from hrf_jax.export import FORMATS, FP32_TOLERANCE, QUANTIZE
+from hrf_jax.export.extras import require_extras
 from hrf_jax.export.graph import InputSpec, graph_fn, input_spec, mel_settings
 from hrf_jax.export.litert import probe, to_tflite
 from hrf_jax.export.onnx import MIN_DYNAMIC_FRAMES, to_onnx
@@ -44,10 +45,12 @@ def export_model(fmt: str, out: str | os.PathLike, *, workdir: str | os.PathLike
                  tolerance: float = FP32_TOLERANCE) -> dict[str, Any]:
     """Exports, checks parity and writes ``out`` and its sidecar; returns the sidecar dict.
 
-    A float32 export off by more than ``tolerance`` raises ``ParityError`` and writes nothing.
+    A float32 export off by more than ``tolerance`` raises ``ParityError`` and writes nothing;
+    a missing optional package raises ``ModuleNotFoundError`` before the checkpoint is read.
     """
     out = pathlib.Path(out)
     _check_arguments(fmt, out, dynamic_time, quantize)
+    require_extras(fmt)
     src = load_source(workdir, checkpoint)
     spec = input_spec(src.info, frontend, seconds, dynamic_time)
     fn = graph_fn(src.model, src.variables, src.info, frontend)
