@@ -1,7 +1,8 @@
 """Optional packages that are missing fail at once, naming the module and the pip command.
 
 Modules are hidden with ``sys.modules[name] = None`` (``find_spec`` then reports them missing
-and importing them fails), so these tests run whether or not the extras are installed."""
+and importing them fails), so these tests run whether or not the extras are installed (and
+whatever earlier tests imported)."""
 
 import sys
 
@@ -14,10 +15,17 @@ from hrf_jax.export.extras import INSTALL, MODULES
 HIDDEN = [(fmt, module) for fmt, modules in MODULES.items() for module in modules]
 
 
+def hide(monkeypatch, module: str) -> None:
+    """Makes ``module`` unimportable, its submodules too (an earlier test may have imported
+    ``ai_edge_litert.interpreter``, which would otherwise still import)."""
+    for name in {module, *(m for m in sys.modules if m.startswith(module + "."))}:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 @pytest.mark.parametrize(("fmt", "module"), HIDDEN)
 def test_export_without_a_module_exits_2_naming_it_and_the_extra(fmt, module, monkeypatch,
                                                                    tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, module, None)
+    hide(monkeypatch, module)
     missing_run = tmp_path / "no_run"  # read first, it would fail with another message
     code = main(["export", "--workdir", str(missing_run), "--format", fmt,
                  "--out", str(tmp_path / f"model.{fmt}")])
@@ -31,7 +39,7 @@ def test_export_model_checks_the_modules_before_reading_the_checkpoint(fmt, modu
                                                                        monkeypatch, tmp_path):
     from hrf_jax.export import export_model
 
-    monkeypatch.setitem(sys.modules, module, None)
+    hide(monkeypatch, module)
     with pytest.raises(ModuleNotFoundError, match=module) as err:
         export_model(fmt, tmp_path / f"model.{fmt}", workdir=tmp_path / "no_run")
     assert err.value.name == module
@@ -44,7 +52,7 @@ def test_runtime_without_its_backend_names_the_module_and_pip_command(suffix, mo
                                                                       monkeypatch, tmp_path):
     model = tmp_path / f"model{suffix}"
     model.write_bytes(b"not read: the backend is imported first")
-    monkeypatch.setitem(sys.modules, module, None)
+    hide(monkeypatch, module)
     with pytest.raises(ModuleNotFoundError, match=f"pip install {package} ") as err:
         runtime.open_backend(model)
     assert err.value.name == module and str(model) in str(err.value)
