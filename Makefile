@@ -27,7 +27,7 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -n 3 --dist loadfile -q --durations=10
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --durations=10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
