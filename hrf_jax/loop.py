@@ -150,7 +150,7 @@ def _resume(t: _Training, state: TrainState) -> tuple[TrainState, dict[str, Any]
         return state, {"step": 0, "history": [], "best": None}
     state, meta = restored
     _say(f"resuming {t.run.path} from step {meta['step']} (epoch {meta['epoch']}, "
-          f"batch {meta['batch']})")
+         f"batch {meta['batch']})")
     return state, meta
 
 
