@@ -21,7 +21,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(
         {"backbone": "conformer", "size": "light", "hrf_ratio": 0, "hrf_depth": 1,
          "hrf_targets": ("ffn",), "hrf_base": "in", "hrf_init": "variance_preserving",
-         "hrf_bias": True, "dropout": 0.1}
+         "hrf_bias": True, "dropout": 0.1, "reference": False}
     )
     # AdamW + warm-up + cosine is the default; "sgd" is SpeechFormer's recipe
     # (momentum 0.9, cosine decay).

@@ -48,6 +48,9 @@ CONFIGS = {
     "large": ConformerConfig(d_model=144, num_layers=16, num_heads=4),
 }
 
+# config fields of the reference implementation: build_model(..., reference=True)
+REFERENCE: dict[str, object] = {}
+
 
 class ConvModule(nn.Module):
     """LN -> pointwise (d -> 2d) -> GLU -> depthwise conv -> BatchNorm -> Swish -> pointwise.

@@ -43,6 +43,9 @@ CONFIGS = {
     "large": ConvTransformerConfig(d_model=256, num_layers=12, num_heads=4, ffn_dim=2048),
 }
 
+# config fields of the reference implementation: build_model(..., reference=True)
+REFERENCE: dict[str, object] = {}
+
 
 class ConvTransformer(nn.Module):
     """``feats (B, T, F), mask (B, T) -> logits (B, num_classes)``."""

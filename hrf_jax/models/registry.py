@@ -1,7 +1,8 @@
 """Backbone registry: each name in ``hrf_jax.models.BACKBONES`` is a module that defines
 ``MODEL`` (a Linen class built as ``MODEL(config, num_classes, HRFSpec)``), ``CONFIGS``
-(size -> frozen config dataclass, the sizes ``hrf_jax.models.SIZES``) and ``TARGETS``
-(the HRF target names that exist in it).
+(size -> frozen config dataclass, the sizes ``hrf_jax.models.SIZES``), ``TARGETS`` (the HRF
+target names that exist in it) and ``REFERENCE`` (the config fields that make any size
+function-identical to the backbone's reference implementation, ``reference=True``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def supported_targets(backbone: str) -> tuple[str, ...]:
     return _module(backbone).TARGETS
 
 
-def get_config(backbone: str, size: str = "light", **overrides: Any) -> Any:
-    """The frozen config dataclass of ``backbone``/``size`` with ``overrides`` replaced."""
+def get_config(backbone: str, size: str = "light", *, reference: bool = False,
+               **overrides: Any) -> Any:
+    """The frozen config dataclass of ``backbone``/``size`` with ``overrides`` replaced;
+    ``reference=True`` first applies the backbone's ``REFERENCE`` fields."""
     configs = _module(backbone).CONFIGS
     if size not in configs:
         raise ValueError(f"unknown size {size!r} for {backbone}; choose from {sorted(configs)}")
@@ -54,6 +57,8 @@ def get_config(backbone: str, size: str = "light", **overrides: Any) -> Any:
             f"unknown override(s) {unknown} for {backbone}; config fields are {sorted(fields)}, "
             f"HRF options are {sorted(_HRF_OVERRIDES)}"
         )
+    if reference:
+        cfg = dataclasses.replace(cfg, **_module(backbone).REFERENCE)
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -64,9 +69,13 @@ def build_model(
     num_classes: int,
     hrf_ratio: float = 0,
     hrf_targets: Sequence[str] = ("ffn",),
+    reference: bool = False,
     **overrides: Any,
 ) -> nn.Module:
     """A ``backbone`` classifier of ``size``; ``hrf_ratio=0`` is the plain (deployable) model.
+
+    ``reference=True``: the reference implementation's behaviour (see the backbone's
+    ``REFERENCE`` and the README's faithfulness table) instead of this project's defaults.
 
     ``overrides``: ``hrf_depth``, ``hrf_bias``, ``hrf_init``, ``hrf_base`` (see ``HRFDense``)
     and any field of the backbone's config dataclass (``dropout``, ``input_dim_proj`` ...).
@@ -82,4 +91,5 @@ def build_model(
         raise ValueError(
             f"hrf_targets {missing} do not exist in {backbone}; it has {module.TARGETS}"
         )
-    return module.MODEL(get_config(backbone, size, **overrides), num_classes, spec)
+    cfg = get_config(backbone, size, reference=reference, **overrides)
+    return module.MODEL(cfg, num_classes, spec)

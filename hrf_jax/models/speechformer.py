@@ -83,6 +83,9 @@ CONFIGS = {
     "large": SpeechFormerConfig(input_dim_proj=None, expand=(1, 1, 2)),
 }
 
+# config fields of the reference implementation: build_model(..., reference=True)
+REFERENCE: dict[str, object] = {}
+
 
 def merge_tokens(x: Array, mask: Array, size: int) -> tuple[Array, Array]:
     """Masked average of groups of ``size`` tokens: ``(B, T, C) -> (B, ceil(T/size), C)``.
