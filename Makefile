@@ -11,13 +11,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP_RUN): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install --quiet -e .
+$(STAMP_RUN): $(BIN)/python setup.cfg pyproject.toml runtime/pyproject.toml
+	$(BIN)/pip install --quiet -e ./runtime -e .
 	touch $@
 
 # the test suite checks export parity too, so it installs the export extra
-$(STAMP_DEV): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,export]'
+$(STAMP_DEV): $(BIN)/python setup.cfg pyproject.toml runtime/pyproject.toml
+	$(BIN)/pip install --quiet -e ./runtime -e '.[dev,export]'
 	touch $@ $(STAMP_RUN)
 
 demo: $(STAMP_RUN)

@@ -1,7 +1,8 @@
 """hrf-jax: HRF training-time factorization and exact deHRF merging for SER Transformers.
 
-The public names below are imported on first use (PEP 562), so ``import hrf_jax.runtime`` or
-``hrf-jax predict --model`` on a device never pulls in JAX or Flax.
+The public names below are imported on first use (PEP 562), so ``hrf-jax --help`` and
+``hrf-jax predict --model`` never pull in JAX or Flax (the device runtime is a distribution
+of its own, ``hrf-jax-runtime``, in ``runtime/``).
 """
 
 from __future__ import annotations

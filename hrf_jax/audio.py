@@ -1,28 +1,22 @@
 """Audio I/O and the log-Mel front-end: one definition, two implementations.
 
-`MelSettings` + `mel_filterbank` define the features once. `logmel_np` (numpy, float64
-inside) is used for data preparation; `logmel_jnp` (jax.numpy, no Python loop over
-frames) is the in-graph front-end that can be jitted and exported. Both compute
-
-    frames  = x[t*hop : t*hop + n_fft]              (no centering, T = 1 + (N - n_fft) // hop)
-    spec    = |rfft(frames * hann(win_length) centered in n_fft)|^2
-    logmel  = log(max(spec @ mel_matrix, log_floor))
-
-with a periodic Hann window and librosa's default Slaney mel scale and Slaney area
-normalisation (``htk=True`` switches to the HTK scale), so
-``librosa.feature.melspectrogram(..., center=False, power=2.0)`` gives the same numbers.
+The features are defined once, in numpy, in ``hrf_jax_runtime.features`` (the device runtime
+computes them with the same code): ``logmel_np`` is that definition driven by `MelSettings`,
+used for data preparation; ``logmel_jnp`` is the in-graph (jax.numpy) twin that can be jitted
+and exported, built from the same filterbank and window (tests compare the two).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 
 import jax.numpy as jnp
 import numpy as np
 import soundfile as sf
-import soxr
+
+from hrf_jax_runtime import features
+from hrf_jax_runtime.audio import to_rate
 
 SAMPLE_RATE = 16_000
 
@@ -75,78 +69,22 @@ def load_audio(path: str | pathlib.Path, sample_rate: int = SAMPLE_RATE) -> np.n
         raise AudioError("empty_audio", f"no samples in {path}")
     if not np.all(np.isfinite(data)):
         raise AudioError("nonfinite_audio", f"NaN or inf samples in {path}")
-    return to_mono_16k(data, sr, sample_rate)
+    return to_rate(data, sr, sample_rate)
 
 
-def to_mono_16k(data: np.ndarray, sr: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """(N,) or (N, C) audio at `sr` -> (M,) float32 mono at `sample_rate`."""
-    data = np.asarray(data, dtype=np.float32)
-    mono = data.mean(axis=1) if data.ndim == 2 else data
-    if sr != sample_rate:
-        mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def _hz_to_mel(hz: np.ndarray, htk: bool) -> np.ndarray:
-    hz = np.asarray(hz, dtype=np.float64)
-    if htk:
-        return 2595.0 * np.log10(1.0 + hz / 700.0)
-    # Slaney: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    safe = np.maximum(hz, min_log_hz)
-    return np.where(hz >= min_log_hz, min_log_mel + np.log(safe / min_log_hz) / logstep, hz / f_sp)
-
-
-def _mel_to_hz(mel: np.ndarray, htk: bool) -> np.ndarray:
-    mel = np.asarray(mel, dtype=np.float64)
-    if htk:
-        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)),
-                    mel * f_sp)
-
-
-@functools.lru_cache(maxsize=16)
 def mel_filterbank(settings: MelSettings = MelSettings()) -> np.ndarray:
     """Triangular mel filters with Slaney area normalisation: (n_fft // 2 + 1, num_mels) float64."""
-    fmax = settings.sample_rate / 2 if settings.fmax is None else settings.fmax
-    fft_freqs = np.linspace(0.0, settings.sample_rate / 2, settings.n_fft // 2 + 1)
-    mels = np.linspace(_hz_to_mel(settings.fmin, settings.htk), _hz_to_mel(fmax, settings.htk),
-                       settings.num_mels + 2)
-    edges = _mel_to_hz(mels, settings.htk)
-    widths = np.diff(edges)
-    ramps = edges[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / widths[:-1, None]
-    upper = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # equal area per filter ("slaney" norm)
-    weights.setflags(write=False)
-    return np.ascontiguousarray(weights.T)
+    return features.filterbank_of(dataclasses.asdict(settings))
 
 
-@functools.lru_cache(maxsize=16)
 def analysis_window(settings: MelSettings = MelSettings()) -> np.ndarray:
     """Periodic Hann window of `win_length`, zero-padded to the centre of `n_fft`: (n_fft,)."""
-    n = settings.win_length
-    hann = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
-    left = (settings.n_fft - n) // 2
-    window = np.zeros(settings.n_fft)
-    window[left:left + n] = hann
-    window.setflags(write=False)
-    return window
+    return features.analysis_window(settings.win_length, settings.n_fft)
 
 
 def logmel_np(wave: np.ndarray, settings: MelSettings = MelSettings()) -> np.ndarray:
     """(N,) waveform -> (T, num_mels) float32 log-Mel, T = settings.num_frames(N)."""
-    x = np.asarray(wave, dtype=np.float64)
-    if x.shape[0] < settings.n_fft:
-        x = np.pad(x, (0, settings.n_fft - x.shape[0]))
-    frames = np.lib.stride_tricks.sliding_window_view(x, settings.n_fft)[::settings.hop_length]
-    spec = np.abs(np.fft.rfft(frames * analysis_window(settings), axis=-1)) ** 2
-    mel = spec @ mel_filterbank(settings)
-    return np.log(np.maximum(mel, settings.log_floor)).astype(np.float32)
+    return features.logmel(wave, dataclasses.asdict(settings))
 
 
 def logmel_jnp(wave: jnp.ndarray, settings: MelSettings = MelSettings()) -> jnp.ndarray:

@@ -7,14 +7,12 @@ time axis once (and its refusal for SpeechFormer), and the three LiteRT quantiza
 light Conformer. The jax2onnx workarounds are checked on functions of a few lines each.
 """
 
-import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hrf_jax import runtime
+import hrf_jax_runtime.model as runtime
 from hrf_jax.cli import main
 from hrf_jax.export import (
     FP32_TOLERANCE,
@@ -325,8 +323,9 @@ def _wav(path, seconds, sr=22050, channels=2, seed=0):
 
 
 def test_runtime_without_jax(exported, tmp_path):
-    """runtime.py loaded by path with JAX/TF/Flax/hrf_jax imports blocked predicts both
-    formats, with and without the front-end, and for audio longer than the window."""
+    """The device runtime with JAX/TF/Flax/hrf_jax imports blocked predicts both formats,
+    with and without the front-end, and for audio longer than the window; its command line
+    (``hrf-jax-predict``) too."""
     short = _wav(tmp_path / "short.wav", 2.0)
     long = _wav(tmp_path / "long.wav", 7.0, sr=8000, channels=1, seed=1)
     models = [str(exported[n][0]) for n in ("conformer.onnx", "conformer_frontend.tflite",
@@ -340,9 +339,9 @@ def test_runtime_without_jax(exported, tmp_path):
                 if name.split(".")[0] in BLOCKED:
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
-        spec = importlib.util.spec_from_file_location("rt", {str(runtime.__file__)!r})
-        rt = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(rt)
+        import hrf_jax_runtime as rt
+        from hrf_jax_runtime.model import main
+        assert main([{models[0]!r}, {str(short)!r}]) == 0
         rows = []
         for m in {models!r}:
             model = rt.ExportedModel(m)
@@ -389,12 +388,3 @@ def test_cli_predict_with_model(exported, tmp_path, capsys):
         exported["speechformer.tflite"][1]["class_names"])
 
 
-def test_numpy_logmel_matches_audio_module():
-    from hrf_jax.audio import MelSettings, logmel_np
-
-    rng = np.random.default_rng(0)
-    wave = rng.standard_normal(16000).astype(np.float32) * 0.1
-    for settings in (MelSettings(), MelSettings(num_mels=40, htk=True, fmin=50.0, fmax=7000.0)):
-        got = runtime.logmel(wave, dataclasses.asdict(settings))
-        np.testing.assert_allclose(got, logmel_np(wave, settings), atol=1e-5)
-    assert Path(runtime.__file__).read_text().count("import jax") == 0

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hrf_jax import runtime
+import hrf_jax_runtime as runtime
 from hrf_jax.cli import main
 from hrf_jax.export.extras import INSTALL, MODULES
 

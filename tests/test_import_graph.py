@@ -1,13 +1,19 @@
 """The import graph is one-way: cli -> (run, loop, deploy, export, bench) -> models ->
-layers / reparam; data -> audio; the device runtime imports nothing from the package.
+layers / reparam; data -> audio; the device runtime (``runtime/``, a distribution of its own)
+imports nothing from ``hrf_jax`` and no JAX, Flax or TensorFlow.
 Checked on the source (every ``import``, also inside functions), so a new edge fails here."""
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hrf_jax"
+RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
+# what a device install must not need
+HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "tensorflow", "tensorflow_datasets", "grain",
+         "hrf_jax")
 # the building blocks of models and of the re-parameterizations
 CORE = ("hrf_jax.hrf", "hrf_jax.layers", "hrf_jax.attention", "hrf_jax.local_attention",
         "hrf_jax.masking", "hrf_jax.subsampling", "hrf_jax.trees", "hrf_jax.reparam",
@@ -46,13 +52,33 @@ def _offending(module: str, rooms: tuple[str, ...]) -> list[str]:
     return sorted(n for n in GRAPH[module] if _within(n, rooms) and not _within(module, rooms))
 
 
+def _top_level_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
 def test_the_graph_covers_the_package():
-    assert {"hrf_jax.run", "hrf_jax.cli", "hrf_jax.runtime", "hrf_jax.models.conformer"} <= set(
+    assert {"hrf_jax.run", "hrf_jax.cli", "hrf_jax.audio", "hrf_jax.models.conformer"} <= set(
         GRAPH)
 
 
-def test_runtime_imports_nothing_from_the_package():
-    assert GRAPH["hrf_jax.runtime"] == set()
+@pytest.mark.parametrize("path", sorted(RUNTIME.rglob("*.py")), ids=lambda p: p.name)
+def test_the_device_runtime_imports_no_training_stack(path):
+    assert _top_level_imports(path).isdisjoint(HEAVY)
+
+
+def test_the_device_runtime_depends_on_no_training_stack():
+    project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
+    needs = project["dependencies"] + [d for extra in project["optional-dependencies"].values()
+                                       for d in extra]
+    names = {d.split(">")[0].split("=")[0].split("[")[0].strip().replace("-", "_")
+             for d in needs}
+    assert names.isdisjoint(HEAVY) and {"numpy", "soundfile", "soxr"} <= names
 
 
 @pytest.mark.parametrize("module", [m for m in GRAPH if _within(m, CORE + ("hrf_jax.models",))])

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(out: str, meta: dict[str, Any]) -> str:
     """One line: the files written, size, parity and (quantized) WA/UA."""
-    from hrf_jax.runtime import sidecar_path
+    from hrf_jax_runtime import sidecar_path
 
     p = meta["parity"]
     line = (f"wrote {out} ({meta['size_bytes']:,} bytes, {meta['format']}, "

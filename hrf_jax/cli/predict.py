@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.model:  # an exported model: numpy + LiteRT/onnxruntime, no JAX in this path
-        from hrf_jax.runtime import ExportedModel
+        from hrf_jax_runtime import ExportedModel
 
         exported = ExportedModel(args.model)
         for path in args.audio:

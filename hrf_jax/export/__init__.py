@@ -14,7 +14,7 @@
 4. ``parity``: the exported model against the JAX model it came from (the HRF model of the
    checkpoint, before merging and folding); a float32 export off by more than
    ``FP32_TOLERANCE`` fails, quantized exports report WA/UA against float32 JAX;
-5. ``pipeline``: writes ``FILE`` and the sidecar ``FILE.json`` that ``hrf_jax.runtime`` reads.
+5. ``pipeline``: writes ``FILE`` and the sidecar ``FILE.json`` that ``hrf_jax_runtime`` reads.
 
 This module itself imports nothing heavy, so the CLI reads the choices below without JAX.
 """

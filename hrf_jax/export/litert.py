@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from hrf_jax import runtime
 from hrf_jax.export import QUANTIZE
 from hrf_jax.export.graph import InputSpec
 
@@ -123,10 +122,9 @@ def _unfill_mask_ranges(model: Any, fb: Any) -> list[str]:
 def probe(path: pathlib.Path) -> None:
     """Loads and runs ``path`` once in a child process: some full-integer LiteRT models
     abort the interpreter (SIGABRT) when loaded, which would kill this process."""
-    code = ("import importlib.util, sys, numpy as np\n"
-            f"spec = importlib.util.spec_from_file_location('rt', {runtime.__file__!r})\n"
-            "rt = importlib.util.module_from_spec(spec); spec.loader.exec_module(rt)\n"
-            f"run = rt.open_backend({str(path)!r})\n"
+    code = ("import numpy as np\n"
+            "from hrf_jax_runtime import open_backend\n"
+            f"run = open_backend({str(path)!r})\n"
             "run(np.zeros(tuple(run._signal['shape']), np.float32), np.ones((1,), np.int32))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=600)

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from hrf_jax import runtime
+import hrf_jax_runtime.model as runtime
 from hrf_jax.export.graph import InputSpec, graph_fn
 from hrf_jax.export.source import Source
 from hrf_jax.metrics import classification_metrics

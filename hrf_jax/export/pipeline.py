@@ -9,7 +9,7 @@ import pathlib
 import time
 from typing import Any
 
-from hrf_jax import runtime
+import hrf_jax_runtime.model as runtime
 from hrf_jax.export import FORMATS, FP32_TOLERANCE, QUANTIZE
 from hrf_jax.export.extras import require_extras
 from hrf_jax.export.graph import InputSpec, graph_fn, input_spec, mel_settings
@@ -109,7 +109,7 @@ def _parity(src: Source, spec: InputSpec, exported: Any, quantize: str, num_chec
 
 def _sidecar(src: Source, spec: InputSpec, fmt: str, out: pathlib.Path, seconds: float,
              quantize: str, notes: dict[str, Any], parity: dict[str, Any]) -> dict[str, Any]:
-    """What ``hrf_jax.runtime`` needs beside the model file (``FILE.json``), and its origin."""
+    """What ``hrf_jax_runtime`` needs beside the model file (``FILE.json``), and its origin."""
     settings = mel_settings(src.info)
     dynamic = spec.length is None
     return {

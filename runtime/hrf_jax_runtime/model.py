@@ -1,17 +1,4 @@
-"""On-device inference for models written by ``hrf-jax export``: numpy + one runtime only.
-
-This module imports only numpy and the standard library at module level; ``soundfile`` and
-``soxr`` are imported when audio is read, and ``ai_edge_litert`` (``.tflite``) or
-``onnxruntime`` (``.onnx``) when a model is loaded. It never imports JAX, TensorFlow, Flax or
-any other ``hrf_jax`` module, so it can be copied onto a device next to the model and its
-sidecar and run there (``python runtime.py model.tflite speech.wav``)::
-
-    from runtime import ExportedModel
-    model = ExportedModel("ser.tflite")          # reads ser.tflite.json beside it
-    print(model.predict_file("speech.wav"))       # {"label": ..., "probs": {...}, ...}
-
-(Inside the package, ``import hrf_jax.runtime`` still runs ``hrf_jax/__init__``, which
-imports JAX; a device without JAX loads this file by path.)
+"""An exported model and its sidecar: windows, backends (LiteRT or ONNX Runtime), prediction.
 
 Models take two inputs: the signal (``(1, N)`` 16 kHz audio for ``--frontend`` exports,
 ``(1, T, F)`` normalised log-Mel frames otherwise) and ``length`` ``(1,)`` int32, the number
@@ -20,11 +7,6 @@ a prediction. Fixed-length models see audio in windows of the exported length: s
 is zero-padded, longer audio is cut into consecutive windows whose probabilities are averaged
 (weighted by their valid length). Models with a dynamic time axis take the whole utterance
 (zero-padded to the sidecar's ``min_time`` frames when shorter).
-
-Models without the front-end need log-Mel features: :func:`logmel` is a small numpy copy of
-``hrf_jax.audio.logmel_np`` driven by the sidecar's ``mel`` settings (kept here so that this
-file stays free of JAX; ``test_numpy_logmel_matches_audio_module`` in ``tests/test_export.py``
-checks it against ``logmel_np``).
 """
 
 from __future__ import annotations
@@ -37,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from hrf_jax_runtime.audio import read_audio, to_rate
+from hrf_jax_runtime.features import logmel, normalize
+
 SIDECAR_SUFFIX = ".json"  # the sidecar of ``model.tflite`` is ``model.tflite.json``
 
 
@@ -44,97 +29,6 @@ def sidecar_path(model_path: str | pathlib.Path) -> pathlib.Path:
     """``FILE`` -> ``FILE.json`` (the full file name plus ``.json``)."""
     model_path = pathlib.Path(model_path)
     return model_path.with_name(model_path.name + SIDECAR_SUFFIX)
-
-
-# --------------------------------------------------------------------------- audio
-
-
-def read_audio(path: str | pathlib.Path, sample_rate: int = 16_000) -> np.ndarray:
-    """Any file libsndfile reads -> (N,) float32 mono at ``sample_rate`` (soxr HQ)."""
-    import soundfile as sf
-
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    if data.shape[0] == 0:
-        raise ValueError(f"no samples in {path}")
-    if not np.all(np.isfinite(data)):
-        raise ValueError(f"NaN or inf samples in {path}")
-    return to_rate(data, sr, sample_rate)
-
-
-def to_rate(data: np.ndarray, sr: int, sample_rate: int = 16_000) -> np.ndarray:
-    """(N,) or (N, C) audio at ``sr`` -> (M,) float32 mono at ``sample_rate``."""
-    data = np.asarray(data, dtype=np.float32)
-    mono = data.mean(axis=1) if data.ndim == 2 else data
-    if sr != sample_rate:
-        import soxr
-
-        mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def _hz_to_mel(hz, htk: bool):
-    hz = np.asarray(hz, dtype=np.float64)
-    if htk:
-        return 2595.0 * np.log10(1.0 + hz / 700.0)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    safe = np.maximum(hz, min_log_hz)
-    return np.where(hz >= min_log_hz, min_log_mel + np.log(safe / min_log_hz) / logstep,
-                    hz / f_sp)
-
-
-def _mel_to_hz(mel, htk: bool):
-    mel = np.asarray(mel, dtype=np.float64)
-    if htk:
-        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)),
-                    mel * f_sp)
-
-
-def _filterbank(s: dict) -> np.ndarray:
-    fmax = s["sample_rate"] / 2 if s.get("fmax") is None else s["fmax"]
-    freqs = np.linspace(0.0, s["sample_rate"] / 2, s["n_fft"] // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(s["fmin"], s["htk"]), _hz_to_mel(fmax, s["htk"]),
-                                   s["num_mels"] + 2), s["htk"])
-    widths = np.diff(edges)
-    ramps = edges[:, None] - freqs[None, :]
-    weights = np.maximum(0.0, np.minimum(-ramps[:-2] / widths[:-1, None],
-                                         ramps[2:] / widths[1:, None]))
-    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    return weights.T
-
-
-def logmel(wave: np.ndarray, settings: dict) -> np.ndarray:
-    """(N,) waveform -> (T, num_mels) float32 log-Mel with the sidecar's ``mel`` settings."""
-    s = settings
-    x = np.asarray(wave, dtype=np.float64)
-    if x.shape[0] < s["n_fft"]:
-        x = np.pad(x, (0, s["n_fft"] - x.shape[0]))
-    n = s["win_length"]
-    window = np.zeros(s["n_fft"])
-    left = (s["n_fft"] - n) // 2
-    window[left:left + n] = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
-    frames = np.lib.stride_tricks.sliding_window_view(x, s["n_fft"])[::s["hop_length"]]
-    spec = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
-    mel = spec @ _filterbank(s)
-    return np.log(np.maximum(mel, s["log_floor"])).astype(np.float32)
-
-
-def normalize(feats: np.ndarray, meta: dict) -> np.ndarray:
-    """Training-time normalisation of (T, F) log-Mel: corpus mean/std, per utterance, or none."""
-    feats = np.asarray(feats, np.float32)
-    if meta.get("mean") is not None:
-        return (feats - np.asarray(meta["mean"], np.float32)) / np.asarray(meta["std"],
-                                                                             np.float32)
-    if meta.get("normalize") == "utterance":
-        std = np.maximum(feats.std(axis=0, keepdims=True), 1e-5)
-        return (feats - feats.mean(axis=0, keepdims=True)) / std
-    return feats
 
 
 def windows(x: np.ndarray, size: int | None) -> list[tuple[np.ndarray, int]]:
@@ -166,11 +60,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- backends
 
 
-def _missing(path: pathlib.Path, module: str, package: str) -> ModuleNotFoundError:
-    # this file also runs alone on a device without hrf-jax, so name the plain package too
+def _missing(path: pathlib.Path, module: str, package: str, extra: str) -> ModuleNotFoundError:
     return ModuleNotFoundError(
         f"running {path} needs the module {module}, which is not installed: "
-        f"pip install {package} (or pip install 'hrf-jax[runtime]')", name=module)
+        f"pip install {package} (or pip install 'hrf-jax-runtime[{extra}]')", name=module)
 
 
 class _LiteRT:
@@ -178,7 +71,7 @@ class _LiteRT:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:
-            raise _missing(path, "ai_edge_litert", "ai-edge-litert") from exc
+            raise _missing(path, "ai_edge_litert", "ai-edge-litert", "litert") from exc
         self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
         self._interp.allocate_tensors()
         inputs = self._interp.get_input_details()
@@ -202,7 +95,7 @@ class _Onnx:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise _missing(path, "onnxruntime", "onnxruntime") from exc
+            raise _missing(path, "onnxruntime", "onnxruntime", "onnx") from exc
         opts = ort.SessionOptions()
         if num_threads:
             opts.intra_op_num_threads = num_threads
@@ -287,20 +180,13 @@ class ExportedModel:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python runtime.py MODEL AUDIO...``: one JSON line per file."""
+    """``hrf-jax-predict MODEL AUDIO...``: one JSON line per file."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 2:
-        print("usage: python runtime.py MODEL.tflite|MODEL.onnx AUDIO...", file=sys.stderr)
+        print("usage: hrf-jax-predict MODEL.tflite|MODEL.onnx AUDIO...", file=sys.stderr)
         return 2
     model = ExportedModel(argv[0])
     for path in argv[1:]:
         print(json.dumps(model.predict_file(path)))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = ["ExportedModel", "logmel", "open_backend", "read_audio", "sidecar_path",
-           "windows"]
