@@ -95,7 +95,11 @@ def summarise(grid, cells: list[dict]) -> dict:
 
 
 def markdown(result: dict) -> str:
-    label = {"light": "light", "large": "large"}
+    # the controls of issue #13 say what differs from their reference variant
+    label = {"light": "light", "large": "large", "light_lr5": "light, fc1 lr x5 (lr control)",
+             "light_hrf4_fp": "light + HRF x4, function-preserving init",
+             "light_hrf4_nowd": "light + HRF x4, no decay on HRF",
+             "light_hrf4_scale": "light + HRF x4, scale in the chain"}
     lines = [f"### {result['grid']} (test split; mean ± std over folds × seeds)", "",
              "| backbone | model | runs | WA (%) | UA (%) | macro-F1 (%) |",
              "|---|---|---|---|---|---|"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import ml_collections
 
+OPTIMIZERS = ("adamw", "sgd")  # the optimizer.name values train.make_optimizer builds
+
 
 def default_config() -> ml_collections.ConfigDict:
     """The defaults of ``hrf-jax train``: a light Conformer on the synthetic corpus."""
@@ -21,19 +23,31 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(
         {"backbone": "conformer", "size": "light", "hrf_ratio": 0, "hrf_depth": 1,
          "hrf_targets": ("ffn",), "hrf_base": "in", "hrf_init": "variance_preserving",
-         "hrf_bias": True, "dropout": 0.1, "reference": False}
+         "hrf_bias": True, "dropout": 0.1, "reference": False,
+         # "scale" / "batchnorm": a per-channel norm after each HRF factor, folded by the
+         # merge (RepVGG/DBB gain only with BatchNorm inside their training-time branches)
+         "hrf_norm": "none"}
     )
     # AdamW + warm-up + cosine is the default; "sgd" is SpeechFormer's recipe
     # (momentum 0.9, cosine decay).
     c.optimizer = ml_collections.ConfigDict(
         {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-2, "momentum": 0.9,
-         "warmup_fraction": 0.05, "clip_norm": 1.0}
+         "warmup_fraction": 0.05, "clip_norm": 1.0,
+         # final lr / peak lr of the cosine; negative: the optimizer's own (adamw 0.01, sgd 0)
+         "end_lr_fraction": -1.0,
+         # decay of the HRF factors and their host kernels (decay on both factors of a
+         # product is a nuclear-norm penalty); negative: same as weight_decay, 0: none
+         "hrf_weight_decay": -1.0,
+         # "glob=factor,glob=factor": lr multipliers per parameter path (parse_lr_scale), e.g.
+         # the lr control "*/fc1/*=5" (train.lr_control_scale); "" = none
+         "lr_scale": ""}
     )
     c.train = ml_collections.ConfigDict(
         {"epochs": 20, "batch_size": 32, "max_frames": 300, "eval_batch_size": 32,
          "label_smoothing": 0.0, "class_weights": False, "balanced": False, "seed": 0,
          "select_metric": "ua", "keep_last": 2, "save_every_steps": 0,
          "compute_dtype": "float32", "distributed": False, "progress": True,
+         "log_every_steps": 10,  # host syncs: progress bar, per-step TensorBoard scalars
          # multi-host: "HOST:PORT" / -1 let JAX detect the cluster (SLURM, TPU pods)
          "coordinator_address": "", "num_processes": -1, "process_id": -1}
     )
@@ -41,23 +55,27 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def choices() -> dict[str, tuple[str, ...]]:
-    """The allowed values of every string field with a fixed set (of each item, for a tuple).
-
-    ``dataset.protocol`` is not here: its names live only in the data pipeline (TFDS, grain).
-    """
-    from hrf_jax.data.registry import CORPORA
-    from hrf_jax.hrf import HRF_BASES, HRF_INITS, HRF_TARGETS  # flax: only when validating
+    """The allowed values of every string field with a fixed set (of each item, for a tuple)."""
+    from hrf_jax.data.registry import CORPORA, PROTOCOLS
+    from hrf_jax.hrf import (  # flax: only when validating
+        HRF_BASES,
+        HRF_INITS,
+        HRF_NORMS,
+        HRF_TARGETS,
+    )
     from hrf_jax.models import BACKBONES, SIZES
 
     return {
         "dataset.name": tuple(CORPORA),
         "dataset.normalize": ("corpus", "utterance", "none"),
+        "dataset.protocol": ("", *PROTOCOLS),  # "": the corpus's own default
         "model.backbone": BACKBONES,
         "model.size": SIZES,
         "model.hrf_targets": HRF_TARGETS,
         "model.hrf_base": HRF_BASES,
         "model.hrf_init": HRF_INITS,
-        "optimizer.name": ("adamw", "sgd"),
+        "model.hrf_norm": HRF_NORMS,
+        "optimizer.name": OPTIMIZERS,
         # the scores of metrics.classification_metrics that grow with quality
         "train.select_metric": ("wa", "ua", "macro_f1", "weighted_f1"),
         "train.compute_dtype": ("float32", "bfloat16"),
@@ -66,8 +84,11 @@ def choices() -> dict[str, tuple[str, ...]]:
 
 def validate(config: ml_collections.ConfigDict, fields: Iterable[str] | None = None) -> None:
     """ValueError naming the field, the bad value and the choices, for the first field of
-    ``choices()`` (of ``fields`` only, when given) whose value is not allowed."""
+    ``choices()`` (of ``fields`` only, when given) whose value is not allowed; also for an
+    ``optimizer.lr_scale`` that ``parse_lr_scale`` refuses."""
     wanted = None if fields is None else set(fields)
+    if (wanted is None or "optimizer.lr_scale" in wanted) and "lr_scale" in config.optimizer:
+        parse_lr_scale(config.optimizer.lr_scale)
     for field, allowed in choices().items():
         if wanted is not None and field not in wanted:
             continue
@@ -76,6 +97,28 @@ def validate(config: ml_collections.ConfigDict, fields: Iterable[str] | None = N
             if item not in allowed:
                 raise ValueError(f"config.{field}: {item!r} is not allowed; "
                                  f"choose from {', '.join(allowed)}")
+
+
+def parse_lr_scale(text: str) -> list[tuple[str, float]]:
+    """``optimizer.lr_scale`` -> ``[(glob, factor), ...]`` in the order written.
+
+    ``"glob=factor,glob=factor"``; a glob is an ``fnmatch`` pattern matched against the whole
+    '/'-joined parameter path under ``params`` (``block_0/ffn1/fc1/kernel``; ``*`` crosses
+    '/'), so commas and '=' cannot occur in it. A plain string, because a ConfigDict field
+    set from the command line holds no mapping. ``""`` is no multiplier.
+    """
+    rules = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        glob, eq, factor = item.rpartition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = float("nan")
+        if not eq or not glob.strip() or not value >= 0 or value == float("inf"):
+            raise ValueError(f"config.optimizer.lr_scale: {item!r} must look like glob=factor "
+                             "with a finite factor >= 0, e.g. '*/fc1/*=5'")
+        rules.append((glob.strip(), value))
+    return rules
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str):

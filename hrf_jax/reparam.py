@@ -17,13 +17,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from hrf_jax.bn_fold import fold_batchnorm
-from hrf_jax.hrf import HRF_PREFIX, hrf_width
-from hrf_jax.trees import Path, array_backend, check_leaf, join, like, map_modules
+from hrf_jax.bn_fold import fold_batchnorm, fold_bn_into_conv
+from hrf_jax.hrf import HRF_NORM_PREFIX, HRF_PREFIX, hrf_width
+from hrf_jax.masking import BN_EPSILON
+from hrf_jax.trees import (
+    Path,
+    array_backend,
+    check_leaf,
+    drop_paths,
+    join,
+    key_path,
+    like,
+    map_modules,
+)
 
 __all__ = [
     "DEFAULT_EXPAND_PATTERN", "count_params", "expand_hrf", "fold_batchnorm", "fold_linear_chain",
-    "hrf_paths", "merge_hrf", "orthogonal_expansion", "verify_equivalence",
+    "hrf_param_mask", "hrf_paths", "merge_hrf", "orthogonal_expansion", "verify_equivalence",
 ]
 
 Tree = Mapping[str, Any]
@@ -103,14 +113,49 @@ def hrf_paths(tree: Tree) -> list[str]:
     return found
 
 
+def hrf_param_mask(tree: Tree) -> Any:
+    """``tree``'s structure with ``True`` at every leaf of a layer that carries an HRF chain
+    (factors ``hrf_i``, norms ``hrf_norm_i``, the host's kernel and bias), ``False`` elsewhere;
+    how the optimizer finds the HRF parameters (``optimizer.hrf_weight_decay``)."""
+    hosts: list[Path] = []
+
+    def visit(path: Path, node: Mapping) -> Mapping | None:
+        if not _hrf_indices(node):
+            return None
+        hosts.append(path)
+        return node
+
+    map_modules(tree, visit)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: any(key_path(p)[: len(h)] == h for h in hosts), tree)
+
+
 def merge_hrf(variables: Tree) -> Tree:
     """deHRF: folds every HRF chain into its host layer's kernel and bias.
 
     ``fold_linear_chain`` of ``hrf_0 .. hrf_n`` then the host, in Flax's ``(in, out)`` layout,
-    cast back to the host's dtypes. Pure and idempotent: a tree without HRF chains comes back
+    cast back to the host's dtypes. A norm ``hrf_norm_i`` is folded into ``hrf_i`` first: a
+    per-channel ``scale`` multiplies its columns; an eval-mode BatchNorm (``scale``, ``bias``
+    and running ``mean``/``var`` under ``batch_stats``, hence the whole variables dict) is
+    affine and folds as in ``fold_batchnorm``, and its statistics are dropped (an emptied
+    ``batch_stats`` goes too). Pure and idempotent: a tree without HRF chains comes back
     equal; other collections (``batch_stats`` ...) are carried over unchanged.
     """
-    return map_modules(variables, _merge_host)
+    has_params = isinstance(variables, Mapping) and "params" in variables
+    stats = variables.get("batch_stats", {}) if has_params else None
+    folded: set[Path] = set()  # batch_stats paths of the folded BatchNorms
+
+    def visit(path: Path, node: Mapping) -> Mapping | None:
+        return _merge_host(path, node, stats, folded)
+
+    out = map_modules(variables, visit)
+    if not folded:
+        return out
+    items = {k: v for k, v in out.items() if k != "batch_stats"}
+    kept = drop_paths(out["batch_stats"], folded)
+    if kept:
+        items["batch_stats"] = kept
+    return like(out, items)
 
 
 def expand_hrf(
@@ -128,7 +173,8 @@ def expand_hrf(
     Each matched ``{kernel, bias}`` gets the ``orthogonal_expansion`` of its kernel, so
     ``merge_hrf(expand_hrf(v, ...)) == v`` up to rounding; HRF biases start at zero. Needs
     ``r >= d``. The result loads into the same model built with ``hrf_ratio=ratio,
-    hrf_depth=depth, hrf_base=base``.
+    hrf_depth=depth, hrf_base=base`` (and no ``hrf_norm``). ``hrf_init="function_preserving"``
+    is the same factorization drawn at init, of the plain model's init.
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -207,18 +253,27 @@ def _dense(node: Any, path: Path) -> tuple[Any, Any]:
     return kernel, bias
 
 
-def _merge_host(path: Path, node: Mapping) -> Mapping | None:
-    """The folded ``{kernel, bias}`` of a layer dict holding ``hrf_0..``; None for others."""
+def _merge_host(path: Path, node: Mapping, stats: Mapping | None, folded: set[Path]
+                ) -> Mapping | None:
+    """The folded ``{kernel, bias}`` of a layer dict holding ``hrf_0..``; None for others.
+    ``stats``: the ``batch_stats`` collection, for BatchNorm norms (whose paths it adds to
+    ``folded``)."""
     indices = _hrf_indices(node)
     if not indices:
         return None
     if indices != list(range(len(indices))):
         raise ValueError(f"{join(path)}: HRF layers must be hrf_0..hrf_n, found {indices}")
     paths = [(*path, f"{HRF_PREFIX}{i}") for i in indices] + [path]
-    extra = sorted({str(k) for k in node} - {"kernel", "bias"} - {p[-1] for p in paths[:-1]})
+    norm_keys = {f"{HRF_NORM_PREFIX}{i}" for i in indices}
+    extra = sorted({str(k) for k in node} - {"kernel", "bias"} - {p[-1] for p in paths[:-1]}
+                   - norm_keys)
     if extra:
         raise ValueError(f"{join(path)}: unexpected keys {extra} beside an HRF chain")
     chain = [_dense(node[p[-1]], p) for p in paths[:-1]] + [_dense(node, path)]
+    for i in indices:
+        if f"{HRF_NORM_PREFIX}{i}" in node:
+            chain[i] = _fold_norm(chain[i], node[f"{HRF_NORM_PREFIX}{i}"],
+                                  (*path, f"{HRF_NORM_PREFIX}{i}"), stats, folded)
     for (k_a, _), (k_b, _), p_a, p_b in zip(chain, chain[1:], paths, paths[1:], strict=False):
         if k_a.shape[1] != k_b.shape[0]:
             raise ValueError(
@@ -236,6 +291,42 @@ def _merge_host(path: Path, node: Mapping) -> Mapping | None:
     if host_bias is not None:
         out["bias"] = bias.astype(host_bias.dtype)
     return like(node, out)
+
+
+def _fold_norm(layer: tuple[Any, Any], norm: Any, path: Path, stats: Mapping | None,
+               folded: set[Path]) -> tuple[Any, Any]:
+    """``hrf_i``'s ``(kernel, bias)`` followed by its norm at ``path``, as one affine map."""
+    kernel, bias = layer
+    width = kernel.shape[1]
+    if not isinstance(norm, Mapping) or set(norm) not in ({"scale"}, {"scale", "bias"}):
+        keys = sorted(norm) if isinstance(norm, Mapping) else type(norm).__name__
+        raise ValueError(f"{join(path)} should hold 'scale' (per-channel scale) or 'scale' and "
+                         f"'bias' (BatchNorm), got {keys}")
+    arrays = {(*path, k): v for k, v in norm.items()}
+    if "bias" in norm:  # BatchNorm: its running statistics sit under batch_stats
+        if stats is None or path[0] != "params":
+            raise ValueError(f"{join(path)} is a BatchNorm: merge_hrf needs the whole variables "
+                             "dict with its 'batch_stats' (running mean and var)")
+        node: Any = stats
+        for key in path[1:]:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if not isinstance(node, Mapping) or not {"mean", "var"} <= set(node):
+            raise ValueError(f"batch_stats/{join(path[1:])} with 'mean' and 'var' is missing; "
+                             "the BatchNorm cannot be folded without its running statistics")
+        arrays.update({("batch_stats", *path[1:], k): node[k] for k in ("mean", "var")})
+    for where, arr in arrays.items():
+        check_leaf(arr, where)
+        if tuple(arr.shape) != (width,):
+            raise ValueError(f"{join(where)} has shape {tuple(arr.shape)}, expected ({width},) "
+                             f"to match the HRF kernel {tuple(kernel.shape)}")
+    if "bias" not in norm:
+        xp, dtype, _ = array_backend(kernel, bias, norm["scale"])
+        scale = xp.asarray(norm["scale"], dtype)
+        return (xp.asarray(kernel, dtype) * scale,
+                None if bias is None else xp.asarray(bias, dtype) * scale)
+    folded.add(path[1:])
+    return fold_bn_into_conv(kernel, bias, norm["scale"], norm["bias"], node["mean"], node["var"],
+                             BN_EPSILON)
 
 
 def _expand_host(

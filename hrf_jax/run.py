@@ -241,7 +241,8 @@ def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, *, plain
         cfg.backbone, cfg.size, num_classes=num_classes, reference=cfg.get("reference", False),
         hrf_ratio=0 if plain else cfg.hrf_ratio,
         hrf_targets=tuple(cfg.hrf_targets), hrf_depth=cfg.hrf_depth, hrf_bias=cfg.hrf_bias,
-        hrf_init=cfg.hrf_init, hrf_base=cfg.hrf_base, dropout=cfg.dropout, **extra,
+        hrf_init=cfg.hrf_init, hrf_base=cfg.hrf_base, hrf_norm=cfg.get("hrf_norm", "none"),
+        dropout=cfg.dropout, **extra,
     )
 
 

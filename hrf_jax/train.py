@@ -6,7 +6,8 @@ state is replicated, so one device and many devices (and many hosts) run the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import flax
@@ -16,6 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hrf_jax.config import OPTIMIZERS, parse_lr_scale
+from hrf_jax.reparam import hrf_param_mask
+from hrf_jax.trees import key_path
 
 Batch = dict[str, np.ndarray]
 
@@ -31,27 +36,109 @@ class TrainState:
     rng: jax.Array
 
 
-def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
-    """AdamW + linear warm-up + cosine decay (default), or SGD momentum 0.9 + cosine.
+# the FFN's first linear layer (FeedForward's ``fc1``) in every backbone, kernel and bias
+FFN_FIRST_LAYER_GLOB = "*/fc1/*"
 
-    Weight decay applies to kernels only (``ndim >= 2``), not to biases and norms.
+
+def lr_control_scale(ratio: float = 4, k: float | None = None) -> str:
+    """``optimizer.lr_scale`` of the lr control: the plain model with the FFN's first linear
+    layer at ``k`` times the lr (default ``k = 1 + ratio``).
+
+    One SGD/Adam step on an HRF x4 chain moves the merged fc1 weights about 5x as far as
+    the same step moves a plain fc1 (issue #13), and re-parameterization equals per-parameter
+    gradient multipliers (RepOptimizer): the control says whether HRF gains more than that.
     """
+    return f"{FFN_FIRST_LAYER_GLOB}={1 + ratio if k is None else k:g}"
+
+
+def lr_scale_factors(params: Any, rules: Sequence[tuple[str, float]]) -> Any:
+    """``params``' structure with each leaf's lr multiplier: the factor of the first glob of
+    ``rules`` (``config.parse_lr_scale``) matching its '/'-joined path, else 1.0. A glob that
+    matches no parameter is an error (a misspelt pattern would silently change nothing)."""
+    used = set()
+
+    def factor(path: tuple[Any, ...], _: Any) -> float:
+        name = "/".join(key_path(path))
+        for i, (glob, value) in enumerate(rules):
+            if fnmatch.fnmatchcase(name, glob):
+                used.add(i)
+                return value
+        return 1.0
+
+    factors = jax.tree_util.tree_map_with_path(factor, params)
+    unused = [glob for i, (glob, _) in enumerate(rules) if i not in used]
+    if unused:
+        raise ValueError(f"optimizer.lr_scale: {unused} match no parameter path "
+                         "(paths look like block_0/ffn1/fc1/kernel)")
+    return factors
+
+
+def scale_by_path(rules: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
+    """Multiplies each leaf's update by its ``lr_scale_factors`` factor. Placed after the
+    learning rate, it equals a per-group lr for SGD (momentum is linear) and for AdamW (whose
+    decoupled decay is scaled by the lr too)."""
+
+    def init_fn(params: Any) -> optax.EmptyState:
+        lr_scale_factors(params, rules)  # refuses unmatched globs before training starts
+        return optax.EmptyState()
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, Any]:
+        factors = lr_scale_factors(updates, rules)
+        return jax.tree_util.tree_map(lambda u, f: u if f == 1.0 else u * f, updates,
+                                      factors), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
+    """The lr per step: AdamW warms up linearly over ``warmup_fraction`` of the steps, both
+    then follow a cosine from ``lr`` to ``end_lr_fraction * lr`` at ``total_steps``
+    (negative fraction: 0.01 for AdamW, 0 for SGD, as before the field existed)."""
     total_steps = max(int(total_steps), 2)
-    decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    end = cfg.get("end_lr_fraction", -1.0)
+    if end < 0:
+        end = 1e-2 if cfg.name == "adamw" else 0.0
     if cfg.name == "adamw":
         warmup = min(max(int(cfg.warmup_fraction * total_steps), 1), total_steps - 1)
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, cfg.lr, warmup, total_steps, end_value=cfg.lr * 1e-2
-        )
-        opt = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask)
-    elif cfg.name == "sgd":
-        schedule = optax.cosine_decay_schedule(cfg.lr, total_steps)
-        opt = optax.chain(
-            optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
-            optax.sgd(schedule, momentum=cfg.momentum),
-        )
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total_steps,
+                                                  end_value=cfg.lr * end)
+    return optax.cosine_decay_schedule(cfg.lr, total_steps, alpha=end)
+
+
+def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
+    """AdamW + linear warm-up + cosine decay (default), or SGD momentum + cosine
+    (``make_schedule``); gradients clipped to global norm ``clip_norm`` (0: not clipped).
+
+    Weight decay applies to kernels only (``ndim >= 2``), not to biases and norms; the HRF
+    factors and their host kernels (``reparam.hrf_param_mask``) decay by
+    ``hrf_weight_decay`` (negative: ``weight_decay``). ``lr_scale`` multiplies the lr of the
+    matching parameters (``scale_by_path``). With the defaults the transform and its state
+    are those of earlier versions, so their checkpoints resume.
+    """
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {cfg.name!r}")
+    schedule = make_schedule(cfg, total_steps)
+    wd, hrf_wd = cfg.weight_decay, cfg.get("hrf_weight_decay", -1.0)
+    decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    one_decay = hrf_wd < 0 or hrf_wd == wd
+    if one_decay:
+        decay = optax.add_decayed_weights(wd, mask=decay_mask)
     else:
-        raise ValueError(f"optimizer.name must be 'adamw' or 'sgd', got {cfg.name!r}")
+        def group_mask(hrf: bool) -> Callable[[Any], Any]:
+            return lambda params: jax.tree_util.tree_map(
+                lambda p, h: p.ndim >= 2 and h == hrf, params, hrf_param_mask(params))
+
+        decay = optax.chain(optax.add_decayed_weights(wd, mask=group_mask(False)),
+                            optax.add_decayed_weights(hrf_wd, mask=group_mask(True)))
+    if cfg.name == "adamw":
+        # optax.adamw is this chain with one decay; written out for two decay groups
+        opt = (optax.adamw(schedule, weight_decay=wd, mask=decay_mask) if one_decay else
+               optax.chain(optax.scale_by_adam(), decay, optax.scale_by_learning_rate(schedule)))
+    else:
+        opt = optax.chain(decay, optax.sgd(schedule, momentum=cfg.momentum))
+    rules = parse_lr_scale(cfg.get("lr_scale", ""))
+    if rules:
+        opt = optax.chain(opt, scale_by_path(rules))
     if cfg.clip_norm and cfg.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
     return opt
@@ -121,18 +208,19 @@ class DataParallel:
         return jax.device_put(tree, self.replicated)
 
 
-def make_train_step(
+StepFn = Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def train_step_fn(
     model: nn.Module,
     tx: optax.GradientTransformation,
-    parallel: DataParallel,
     *,
     label_smoothing: float = 0.0,
     class_weights: np.ndarray | None = None,
     compute_dtype: Any = jnp.float32,
-) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """``train_step(state, batch) -> (state, {"loss", "correct", "count"})``, jit-compiled once
-    per batch shape, state buffers donated. Parameters stay float32; with
-    ``compute_dtype=bfloat16`` the forward/backward pass runs in bf16."""
+) -> StepFn:
+    """The pure, un-jitted step of ``make_train_step``, for callers that transform it further
+    (``hrf_jax.population`` vmaps it over the members of a population)."""
     weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
     def loss_fn(params, batch_stats, batch, dropout_rng):
@@ -165,6 +253,23 @@ def make_train_step(
         stats = {"loss": loss, "correct": correct, "count": jnp.asarray(logits.shape[0])}
         return new_state, stats
 
+    return step
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    parallel: DataParallel,
+    *,
+    label_smoothing: float = 0.0,
+    class_weights: np.ndarray | None = None,
+    compute_dtype: Any = jnp.float32,
+) -> StepFn:
+    """``train_step(state, batch) -> (state, {"loss", "correct", "count"})``, jit-compiled once
+    per batch shape, state buffers donated. Parameters stay float32; with
+    ``compute_dtype=bfloat16`` the forward/backward pass runs in bf16."""
+    step = train_step_fn(model, tx, label_smoothing=label_smoothing,
+                         class_weights=class_weights, compute_dtype=compute_dtype)
     return jax.jit(
         step,
         in_shardings=(parallel.replicated, parallel.batch),

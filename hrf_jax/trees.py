@@ -25,6 +25,11 @@ def join(path: Path) -> str:
     return "/".join(path) if path else "<root>"
 
 
+def key_path(path: tuple[Any, ...]) -> Path:
+    """A ``jax.tree_util`` key path (``DictKey`` ...) as a tuple of ``str`` keys."""
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def check_leaf(leaf: Any, path: Path) -> None:
     """Raises unless ``leaf`` is a numpy or jax array (or a ``jax.ShapeDtypeStruct``)."""
     if not isinstance(leaf, np.ndarray | np.generic | jax.Array | jax.ShapeDtypeStruct):
@@ -63,3 +68,20 @@ def map_modules(
     if replaced is not None:
         return replaced
     return like(tree, {k: map_modules(v, fn, (*path, str(k))) for k, v in tree.items()})
+
+
+def drop_paths(tree: Mapping, paths: set[Path]) -> Mapping:
+    """A copy of ``tree`` without the sub-trees at ``paths``; mappings left empty go too."""
+
+    def walk(path: Path, node: Mapping) -> Mapping:
+        kept = {}
+        for k, v in node.items():
+            here = (*path, str(k))
+            if here in paths:
+                continue
+            v = walk(here, v) if isinstance(v, Mapping) else v
+            if not (isinstance(v, Mapping) and not v):
+                kept[k] = v
+        return like(node, kept)
+
+    return walk((), tree)

@@ -80,3 +80,18 @@ def test_expand_needs_a_match_and_a_wide_enough_chain():
         expand_hrf(plain, rng, 2, base="out")
     with pytest.raises(ValueError, match="already carries an HRF chain"):
         expand_hrf(expand_hrf(plain, rng, 2), rng, 2)
+
+
+def test_malformed_norms_in_a_chain():
+    tree = host(hrf_norm_0={"gain": np.ones(8)})
+    with pytest.raises(ValueError, match=r"params/block_0/fc1/hrf_norm_0 should hold 'scale'"):
+        merge_hrf(tree)
+    tree = host(hrf_norm_1={"scale": np.ones(8)})  # no hrf_1 for it to follow
+    with pytest.raises(ValueError, match=r"unexpected keys \['hrf_norm_1'\]"):
+        merge_hrf(tree)
+    tree = host(hrf_norm_0={"scale": np.ones(8), "bias": np.ones(8)})
+    tree["batch_stats"] = {"block_0": {"fc1": {"hrf_norm_0": {"mean": np.zeros(8),
+                                                              "var": np.ones(5)}}}}
+    with pytest.raises(ValueError, match=r"batch_stats/block_0/fc1/hrf_norm_0/var has shape "
+                                         r"\(5,\), expected \(8,\)"):
+        merge_hrf(tree)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hrf_jax import HRFDense, count_params, expand_hrf, hrf_paths, merge_hrf
+from hrf_jax.masking import BN_EPSILON
 from hrf_jax.reparam import orthogonal_expansion
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -191,6 +192,45 @@ def test_low_precision_host_merge_rounds_once(dtype, case):
                     strict=True):
         assert a.dtype == dtype
         np.testing.assert_array_equal(a, b.astype(dtype))
+
+
+def norm_chain_forward(variables, x):
+    """The layer with ``hrf_norm_i`` after each ``hrf_i`` in float64, BatchNorm in eval mode."""
+    node, stats = variables["params"], variables.get("batch_stats", {})
+    depth = sum(key.startswith("hrf_") and key[4:].isdigit() for key in node)
+    y = np.asarray(x, np.float64)
+    f64 = lambda a: np.asarray(a, np.float64)
+    for i in range(depth):
+        layer, norm = node[f"hrf_{i}"], node[f"hrf_norm_{i}"]
+        y = y @ f64(layer["kernel"]) + (f64(layer["bias"]) if "bias" in layer else 0)
+        if "bias" in norm:
+            s = stats[f"hrf_norm_{i}"]
+            y = (y - f64(s["mean"])) / np.sqrt(f64(s["var"]) + BN_EPSILON) * f64(norm["scale"])
+            y = y + f64(norm["bias"])
+        else:
+            y = y * f64(norm["scale"])
+    return y @ f64(node["kernel"]) + (f64(node["bias"]) if "bias" in node else 0)
+
+
+@SETTINGS
+@given(layer_cases, st.sampled_from(["scale", "batchnorm"]))
+def test_norms_in_the_chain_fold_exactly(case, norm):
+    """Random scales, BatchNorm affines and running statistics (vars in [0.5, 2])."""
+    use_bias = case["use_bias"] or norm == "batchnorm"  # the folded BN shift needs a host bias
+    hrf = HRFDense(case["d_out"], use_bias=use_bias, hrf_ratio=case["ratio"],
+                   hrf_depth=case["depth"], hrf_bias=case["hrf_bias"], hrf_norm=norm)
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((*case["lead"], case["d_in"])).astype(np.float32)
+    structure = jax.eval_shape(lambda: hrf.init(jax.random.PRNGKey(0), x, train=False))
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, s: (rng.uniform(0.5, 2.0, s.shape) if path[-1].key == "var"
+                         else 0.5 * rng.standard_normal(s.shape)).astype(np.float32), structure)
+    merged = merge_hrf(variables)
+    assert set(merged) == {"params"} and hrf_paths(merged) == []  # statistics folded away
+    y = np.asarray(x, np.float64) @ merged["params"]["kernel"] + merged["params"].get("bias", 0)
+    err = rel_err(norm_chain_forward(variables, x), y)
+    WORST["rel"] = max(WORST["rel"], err)
+    assert err <= REL_TOL
 
 
 # --------------------------------------------------------------------------- jax, fixed shapes

@@ -17,9 +17,8 @@ import tensorflow_datasets as tfds
 from hrf_jax.audio import FeatureStats, corpus_stats, utterance_normalize
 from hrf_jax.data import preparation as prep
 from hrf_jax.data.builders import FULL_SPLIT
-from hrf_jax.data.registry import get_corpus
+from hrf_jax.data.registry import PROTOCOLS, get_corpus
 
-PROTOCOLS = ("loso", "speaker")  # leave one group (session) out / leave one speaker out
 _READ = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)  # one background thread
 
 

@@ -54,6 +54,8 @@ class Corpus:
 
 
 _READERS = "hrf_jax.data.corpora"
+# cross-validation protocols: leave one group (session) out / leave one speaker out
+PROTOCOLS = ("loso", "speaker")
 
 CORPORA: dict[str, Corpus] = {c.name: c for c in (
     Corpus("synthetic", "the embedded synthetic corpus (hrf_jax/data/synthetic.py)",

@@ -23,7 +23,8 @@ _MODULES: dict[str, ModuleType] = {
 }
 
 # build_model keyword -> HRFSpec field
-_HRF_OVERRIDES = {"hrf_depth": "depth", "hrf_bias": "bias", "hrf_init": "init", "hrf_base": "base"}
+_HRF_OVERRIDES = {"hrf_depth": "depth", "hrf_bias": "bias", "hrf_init": "init", "hrf_base": "base",
+                  "hrf_norm": "norm"}
 
 
 def _module(backbone: str) -> ModuleType:
