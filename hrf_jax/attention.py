@@ -2,8 +2,9 @@
 sinusoidal positional encodings it and the backbones read.
 
 q/k/v/out projections are ``HRFDense`` (targets ``attn_in``/``attn_out``). Attention-weight
-dropout is left out so the fused ``jax.nn.dot_product_attention`` applies; blocks use
-residual dropout instead.
+dropout is off by default so the fused ``jax.nn.dot_product_attention`` applies (blocks use
+residual dropout); ``MultiHeadAttention(attention_dropout=...)`` switches to an unfused path
+while training.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def sinusoidal_encoding(positions: Array, dim: int) -> Array:
     return jnp.where(j % 2 == 0, jnp.sin(angles), jnp.cos(angles))
 
 
+def dropout_mask(rng: Array, rate: float, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
+    """Multipliers of inverted dropout at ``rate``: 0 (dropped) or ``1 / (1 - rate)``."""
+    keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
+    return jnp.where(keep, jnp.asarray(1.0 / (1.0 - rate), dtype), jnp.asarray(0, dtype))
+
+
 def _heads(x: Array, num_heads: int) -> Array:
     """``(B, T, d) -> (B, T, N, d/N)``."""
     b, t, d = x.shape
@@ -49,20 +56,38 @@ def _qkv(x: Array, hrf: HRFSpec, num_heads: int) -> tuple[Array, Array, Array]:
 class MultiHeadAttention(nn.Module):
     """Masked multi-head self-attention, global or local (``window`` frames, odd).
 
-    ``(B, T, d), (B, T) -> (B, T, d)``; padded keys get no weight.
+    ``(B, T, d), (B, T) -> (B, T, d)``; padded keys get no weight. ``attention_dropout``
+    drops attention weights when ``deterministic`` is False (rng collection ``dropout``).
+    ``zero_edges`` (local only): keys in reach beyond the utterance count as zero keys, see
+    ``local_attention``.
     """
 
     num_heads: int
     hrf: HRFSpec = HRFSpec()
     window: int | None = None
+    attention_dropout: float = 0.0
+    zero_edges: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, mask: Array, *, deterministic: bool = True) -> Array:
         q, k, v = _qkv(x, self.hrf, self.num_heads)
-        if self.window is None:
+        b, t, n, _ = q.shape
+        drop = self.attention_dropout > 0 and not deterministic
+        if self.window is not None:
+            keep = None
+            if drop:
+                keep = dropout_mask(self.make_rng("dropout"), self.attention_dropout,
+                                    (b, t, n, self.window), q.dtype)
+            o = local_attention(q, k, v, mask, self.window, zero_edges=self.zero_edges,
+                                dropout_mask=keep)
+        elif not drop:
             o = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
         else:
-            o = local_attention(q, k, v, mask, self.window)
+            scores = jnp.einsum("bqnh,bknh->bnqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+            scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+            probs = jax.nn.softmax(scores, axis=-1) * dropout_mask(
+                self.make_rng("dropout"), self.attention_dropout, scores.shape, q.dtype)
+            o = jnp.einsum("bnqk,bknh->bqnh", probs, v)
         return self.hrf.dense(x.shape[-1], "attn_out", "out")(o.reshape(x.shape))
 
 

@@ -69,6 +69,14 @@ class EncoderLayer(nn.Module):
     Post-LN: ``x = LN(x + drop(attn(x)))``, ``x = LN(x + drop(ffn(x)))``. Pre-LN puts the LN
     first in each branch, so the HRF layer follows it and the residual skips both.
     ``window`` makes the attention local. ``(B, T, d), (B, T) -> (B, T, d)``.
+
+    Options for reference implementations (defaults: this project's behaviour):
+    ``ln_epsilon`` of both LayerNorms (torch uses 1e-5); ``attention_dropout`` on the
+    attention weights while training (unfused attention then); ``activation_dropout`` after
+    the FFN activation (None: ``dropout``); ``window_edges`` ``"masked"`` (a local window sees
+    only real keys) or ``"zeros"`` (keys in reach beyond the utterance count as zero keys,
+    as in code that zero-pads K/V). ``pos`` given to the call, ``(T, d)`` or ``(B, T, d)``,
+    is added to the attention input only (queries, keys and values), not to the residual.
     """
 
     num_heads: int
@@ -77,15 +85,30 @@ class EncoderLayer(nn.Module):
     dropout: float = 0.1
     pre_ln: bool = False
     window: int | None = None
+    ln_epsilon: float = 1e-6
+    attention_dropout: float = 0.0
+    activation_dropout: float | None = None
+    window_edges: str = "masked"
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, *, train: bool = False) -> Array:
+    def __call__(self, x: Array, mask: Array, *, train: bool = False,
+                 pos: Array | None = None) -> Array:
+        if self.window_edges not in ("masked", "zeros"):
+            raise ValueError(f"window_edges must be 'masked' or 'zeros', got {self.window_edges!r}")
         drop = Dropout(self.dropout, deterministic=not train)
-        attn = MultiHeadAttention(self.num_heads, self.hrf, self.window, name="attn")
-        ffn = FeedForward(self.ffn_dim, nn.relu, self.dropout, self.hrf, name="ffn")
-        ln_attn, ln_ffn = nn.LayerNorm(name="ln_attn"), nn.LayerNorm(name="ln_ffn")
+        attn = MultiHeadAttention(self.num_heads, self.hrf, self.window, self.attention_dropout,
+                                  self.window_edges == "zeros", name="attn")
+        inner = self.dropout if self.activation_dropout is None else self.activation_dropout
+        ffn = FeedForward(self.ffn_dim, nn.relu, inner, self.hrf, name="ffn")
+        ln_attn = nn.LayerNorm(self.ln_epsilon, name="ln_attn")
+        ln_ffn = nn.LayerNorm(self.ln_epsilon, name="ln_ffn")
+
+        def attend(h: Array) -> Array:
+            h = h if pos is None else h + pos.astype(h.dtype)
+            return attn(h, mask, deterministic=not train)
+
         if self.pre_ln:
-            x = x + drop(attn(ln_attn(x), mask))
+            x = x + drop(attend(ln_attn(x)))
             return x + drop(ffn(ln_ffn(x), train=train))
-        x = ln_attn(x + drop(attn(x, mask)))
+        x = ln_attn(x + drop(attend(x)))
         return ln_ffn(x + drop(ffn(x, train=train)))

@@ -1,7 +1,8 @@
 """Convolutional front end: two 3x3 stride-2 convs shrink time and frequency by 4.
 
-Shared by the Conformer and the ConvTransformer (ESPnet ``Conv2dSubsampling``); masks follow
-the conv lengths so real outputs never read padded inputs.
+Shared by the Conformer (ESPnet ``Conv2dSubsampling``) and the ConvTransformer (fairseq's conv
+front end, which pads each conv by one); masks follow the conv lengths so real outputs never
+depend on padding.
 """
 
 from __future__ import annotations
@@ -14,17 +15,24 @@ from hrf_jax.masking import length_mask, lengths_after_conv, zero_padding
 
 Array = jax.Array
 
+# subsampling padding -> zeros added on each side of time and frequency before each conv
+PADDINGS = {"valid": 0, "same": 1}
+FLATTENS = ("freq_channel", "channel_freq")
+
 
 class StridedConv3x3(nn.Module):
-    """3x3 stride-2 VALID ``Conv2d`` over ``(B, T, F, C)`` with ``nn.Conv``'s parameter tree.
+    """3x3 stride-2 ``Conv2d`` over ``(B, T, F, C)`` with ``nn.Conv``'s parameter tree.
 
-    ``im2col=True`` (training) runs a conv with input channels as one matmul over the nine
-    strided taps: on CPU one large matmul beats XLA's small-channel convolution, forward and
-    backward, with the same result. Inference and export keep the convolution, which LiteRT
-    runs with its dedicated CONV_2D kernel instead of strided slices, a concat and a matmul.
+    ``padding`` zeros on each side of time and frequency (0: VALID; 1: PyTorch's
+    ``padding=1``, ``ceil(T/2)`` outputs). ``im2col=True`` (training) runs a conv with input
+    channels as one matmul over the nine strided taps: on CPU one large matmul beats XLA's
+    small-channel convolution, forward and backward, with the same result. Inference and export
+    keep the convolution, which LiteRT runs with its dedicated CONV_2D kernel instead of strided
+    slices, a concat and a matmul.
     """
 
     features: int
+    padding: int = 0
 
     @nn.compact
     def __call__(self, x: Array, im2col: bool = False) -> Array:
@@ -32,10 +40,12 @@ class StridedConv3x3(nn.Module):
         init = nn.initializers.lecun_normal()
         kernel = self.param("kernel", init, (3, 3, c, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        p = self.padding
         if c == 1 or not im2col:  # a 1-channel conv has no matmul to win
-            y = jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID",
+            y = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((p, p), (p, p)),
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
         else:
+            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
             t, f = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
             taps = [x[:, i : i + 2 * t - 1 : 2, j : j + 2 * f - 1 : 2] for i in range(3)
                     for j in range(3)]
@@ -44,26 +54,45 @@ class StridedConv3x3(nn.Module):
 
 
 class ConvSubsampling(nn.Module):
-    """Two 3x3 stride-2 VALID Conv2d + ReLU, then a linear projection (ESPnet Conv2dSubsampling).
+    """Two 3x3 stride-2 Conv2d + ReLU, then a linear projection (ESPnet Conv2dSubsampling).
 
-    ``(B, T, F), (B, T) -> (B, T', features), (B, T')`` with ``T' = ((T-1)//2 - 1)//2``.
-    Padded frames are zeroed at every conv input and the mask follows the lengths, so real
-    outputs never depend on padding. Masks are read as prefixes (``lengths = mask.sum(-1)``).
+    ``(B, T, F), (B, T) -> (B, T', features), (B, T')``. ``padding="valid"`` (ESPnet):
+    ``T' = ((T-1)//2 - 1)//2``; ``"same"`` (fairseq ``convtransformer``: one zero on each side,
+    as PyTorch's ``padding=1``, not XLA's end-only SAME): ``T' = ceil(T/4)``, and frequency
+    likewise. ``flatten`` orders the ``(F', C)`` features of a frame for the projection:
+    ``"freq_channel"`` (channels fastest) or ``"channel_freq"`` (frequency fastest, ESPnet and
+    fairseq's order, so their projection weights load unpermuted).
+
+    Padded frames are zeroed at every conv input and the mask follows the lengths (a padded
+    conv's border zeros are then exactly the zeros an unpadded utterance sees), so real outputs
+    never depend on padding. Masks are read as prefixes (``lengths = mask.sum(-1)``).
     """
 
     channels: int
     features: int
+    padding: str = "valid"
+    flatten: str = "freq_channel"
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, *, train: bool = False) -> tuple[Array, Array]:
+        if self.padding not in PADDINGS:
+            raise ValueError(f"subsampling padding must be one of {sorted(PADDINGS)}, "
+                             f"got {self.padding!r}")
+        if self.flatten not in FLATTENS:
+            raise ValueError(f"subsampling flatten must be one of {FLATTENS}, "
+                             f"got {self.flatten!r}")
+        p = PADDINGS[self.padding]
         lengths = mask.sum(axis=-1)
         h = x[..., None]
         for i in range(2):
             h = zero_padding(h, mask)
-            h = StridedConv3x3(self.channels, name=f"conv_{i}")(h, im2col=train)
+            h = StridedConv3x3(self.channels, p, name=f"conv_{i}")(h, im2col=train)
             h = nn.relu(h)
-            lengths = lengths_after_conv(lengths)
+            # a conv padded by p is a VALID conv of the utterance padded to L + 2p
+            lengths = lengths_after_conv(lengths + 2 * p)
             mask = length_mask(lengths, h.shape[1])
-        b, t, f, c = h.shape
-        h = nn.Dense(self.features, name="proj")(h.reshape(b, t, f * c))
+        if self.flatten == "channel_freq":
+            h = h.transpose(0, 1, 3, 2)
+        b, t = h.shape[:2]
+        h = nn.Dense(self.features, name="proj")(h.reshape(b, t, h.shape[2] * h.shape[3]))
         return h, mask

@@ -7,6 +7,7 @@ import pytest
 from models_testutil import NUM_CLASSES, inputs
 
 from hrf_jax import build_model
+from hrf_jax.layers import EncoderLayer
 from hrf_jax.local_attention import local_attention
 from hrf_jax.models.speechformer import merge_tokens, stage_sizes
 
@@ -70,6 +71,67 @@ def test_local_attention_gradients_equal_autodiff_of_dense_band_mask(window, fra
     for name, g, w in zip("qkv", got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=f"d{name}")
         assert float(jnp.abs(g).max()) > 0, name
+
+
+def _gathered_reference(q, k, v, mask, window, zero_edges, dropout_mask):
+    # each query's window gathered from zero-padded keys: the official code's formulation
+    half, t, h = window // 2, q.shape[1], q.shape[-1]
+    if zero_edges:  # every key outside the utterance, padded or beyond the ends, is zero
+        k, v = (jnp.where(mask[:, :, None, None], a, 0) for a in (k, v))
+        mask = jnp.ones_like(mask)
+    idx = np.arange(t)[:, None] + np.arange(window)
+    real = jnp.pad(mask, [(0, 0), (half, half)], constant_values=zero_edges)[:, idx]
+    kw, vw = (jnp.pad(a, [(0, 0), (half, half), (0, 0), (0, 0)])[:, idx] for a in (k, v))
+    scores = jnp.einsum("btnh,btwnh->btnw", q, kw) / np.sqrt(h)
+    probs = jax.nn.softmax(jnp.where(real[:, :, None, :], scores, -1e30), axis=-1)
+    if dropout_mask is not None:
+        probs = probs * dropout_mask
+    return jnp.einsum("btnw,btwnh->btnh", probs, vw)
+
+
+@pytest.mark.parametrize("zero_edges,dropout", [(True, False), (False, True), (True, True)])
+def test_local_attention_zero_edges_and_dropout_values_and_gradients(zero_edges, dropout):
+    window, frames = 5, 12
+    keys = jax.random.split(jax.random.PRNGKey(2), 5)
+    q, k, v, ct = (jax.random.normal(key, (2, frames, 2, 4)) for key in keys[:4])
+    mask = jnp.arange(frames)[None, :] < jnp.array([[frames], [frames - 4]])
+    ct = ct * mask[:, :, None, None]
+    drop = None
+    if dropout:
+        drop = jax.random.bernoulli(keys[4], 0.7, (2, frames, 2, window)) / 0.7
+
+    def run(attention, zero_edges=zero_edges):
+        loss = lambda q, k, v: (attention(q, k, v, mask, window, zero_edges, drop) * ct).sum()
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
+
+    ours = lambda q, k, v, m, w, z, d: local_attention(q, k, v, m, w, zero_edges=z,
+                                                       dropout_mask=d)
+    with jax.default_matmul_precision("highest"):
+        (got_loss, got), (want_loss, want) = run(ours), run(_gathered_reference)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    for name, g, w in zip("qkv", got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=f"d{name}")
+    if zero_edges:  # the first query weighs the two zero keys before the utterance too
+        masked = run(ours, False)[0]
+        assert abs(float(masked - got_loss)) > 1e-3
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_attention_dropout_acts_only_while_training(window):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 8))
+    mask = jnp.arange(6)[None, :] < jnp.array([[6], [4]])
+    layer = EncoderLayer(2, 8, dropout=0.0, window=window, attention_dropout=0.5)
+    plain = EncoderLayer(2, 8, dropout=0.0, window=window)
+
+    @jax.jit
+    def outputs(key):
+        v = layer.init(key, x, mask)
+        trained = layer.apply(v, x, mask, train=True, rngs={"dropout": key})
+        return layer.apply(v, x, mask), plain.apply(v, x, mask), trained
+
+    evaluated, without, trained = outputs(jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(evaluated, without)
+    assert bool(jnp.isfinite(trained).all()) and float(jnp.abs(trained - without).max()) > 1e-3
 
 
 def _largest_intermediate(fn, *args) -> int:

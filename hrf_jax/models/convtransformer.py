@@ -1,8 +1,26 @@
 """ConvTransformer (ESPnet-ST / fairseq ``convtransformer``) for utterance-level SER.
 
 Two 3x3 stride-2 Conv2d + ReLU -> linear projection to d -> ``x * sqrt(d)`` + sinusoidal PE
--> post-LN Transformer encoder layers (pre-LN option, with a final LayerNorm as in fairseq)
+-> post-LN Transformer encoder layers (pre-LN option, then by default a final LayerNorm)
 -> masked mean pooling -> linear classifier.
+
+The reference is fairseq's ``models/speech_to_text/convtransformer.py``
+``ConvTransformerEncoder`` (``convtransformer_espnet`` is the ``large`` size). By default this
+module differs from it in documented fields, all switched by ``REFERENCE``
+(``build_model(..., reference=True)``): fairseq pads both convs by one
+(``subsampling_padding="same"``: ``ceil(F/4)`` frequency bins and ``T' = ceil(T/4)``, the mask
+follows), flattens a subsampled frame channel-major (``subsampling_flatten``), uses its own
+sinusoid (``pos_enc="fairseq"``: ``[sin | cos]`` halves, frequencies ``10000^(-i/(d/2-1))``,
+positions from 2), LayerNorm ``eps=1e-5`` (``ln_epsilon``) and no dropout after the FFN
+activation (``activation_dropout=0.0``). fairseq builds a final LayerNorm for pre-LN encoders
+but never applies it (``final_norm=False``). With those the eval-mode function is fairseq's
+encoder followed by a masked time-mean and a linear classifier
+(``hrf_jax.convert.from_fairseq_convtransformer`` loads its weights) and the dropouts are
+fairseq's (0.1 on the embedding and residual branches, none on attention weights or the FFN
+activations). Left as they are:
+initialisation follows Flax (LeCun-normal kernels), not PyTorch's or fairseq's attention init;
+and each utterance of a padded batch gives its unpadded output here (``ceil(L/4)`` real
+frames), while fairseq's second conv reads the first one's outputs on padding.
 """
 
 from __future__ import annotations
@@ -23,6 +41,9 @@ Array = jax.Array
 
 TARGETS = ("ffn", "ffn2", "attn_in", "attn_out", "head")
 
+# fairseq numbers positions from its padding index (1) + 1
+FAIRSEQ_FIRST_POSITION = 2
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvTransformerConfig:
@@ -35,6 +56,14 @@ class ConvTransformerConfig:
     subsampling_channels: int | None = None  # None: d_model (fairseq conv_out_channels)
     dropout: float = 0.1
     pre_ln: bool = False
+    final_norm: bool = True  # pre-LN only: a LayerNorm after the last layer
+    subsampling_padding: str = "valid"  # or "same": one zero each side (fairseq's padding=1)
+    # order of a subsampled frame's (freq, channel) features before the projection
+    subsampling_flatten: str = "freq_channel"  # or "channel_freq" (fairseq)
+    pos_enc: str = "sinusoid"  # interleaved sin/cos from position 0, or "fairseq"
+    ln_epsilon: float = 1e-6
+    attention_dropout: float = 0.0  # on the attention weights while training
+    activation_dropout: float | None = None  # after the FFN activation; None: dropout
 
 
 CONFIGS = {
@@ -44,11 +73,36 @@ CONFIGS = {
 }
 
 # config fields of the reference implementation: build_model(..., reference=True)
-REFERENCE: dict[str, object] = {}
+REFERENCE: dict[str, object] = {
+    "final_norm": False,
+    "subsampling_padding": "same",
+    "subsampling_flatten": "channel_freq",
+    "pos_enc": "fairseq",
+    "ln_epsilon": 1e-5,
+    "activation_dropout": 0.0,
+}
+
+
+def fairseq_sinusoidal_encoding(length: int, dim: int) -> Array:
+    """fairseq's ``SinusoidalPositionalEmbedding`` of frames ``0 .. length-1``: ``(L, dim)``.
+
+    Frame ``t`` has position ``t + 2``; channel ``i < dim/2`` is ``sin(pos * w_i)`` and channel
+    ``dim/2 + i`` is ``cos(pos * w_i)``, ``w_i = 10000^(-i/(dim/2 - 1))``; an odd ``dim`` gets
+    a zero last channel.
+    """
+    half = dim // 2
+    inv_freq = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(jnp.log(10000.0) / (half - 1)))
+    positions = jnp.arange(length, dtype=jnp.float32) + FAIRSEQ_FIRST_POSITION
+    angles = positions[:, None] * inv_freq[None, :]
+    pe = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+    return jnp.pad(pe, ((0, 0), (0, dim % 2)))
 
 
 class ConvTransformer(nn.Module):
-    """``feats (B, T, F), mask (B, T) -> logits (B, num_classes)``."""
+    """``feats (B, T, F), mask (B, T) -> logits (B, num_classes)``.
+
+    The encoder output ``(B, T', d)`` is sown as ``intermediates/encoder_out``.
+    """
 
     cfg: ConvTransformerConfig
     num_classes: int
@@ -57,19 +111,28 @@ class ConvTransformer(nn.Module):
     @nn.compact
     def __call__(self, feats: Array, mask: Array, *, train: bool = False) -> Array:
         cfg = self.cfg
+        if cfg.pos_enc not in ("sinusoid", "fairseq"):
+            raise ValueError(f"pos_enc must be 'sinusoid' or 'fairseq', got {cfg.pos_enc!r}")
         channels = cfg.subsampling_channels or cfg.d_model
-        subsample = ConvSubsampling(channels, cfg.d_model, name="subsampling")
+        subsample = ConvSubsampling(channels, cfg.d_model, cfg.subsampling_padding,
+                                    cfg.subsampling_flatten, name="subsampling")
         x, mask = subsample(feats, mask, train=train)
-        x = x * jnp.sqrt(float(cfg.d_model)) + sinusoidal_encoding(
-            jnp.arange(x.shape[1]), cfg.d_model
-        )
+        if cfg.pos_enc == "fairseq":
+            pe = fairseq_sinusoidal_encoding(x.shape[1], cfg.d_model)
+        else:
+            pe = sinusoidal_encoding(jnp.arange(x.shape[1]), cfg.d_model)
+        x = x * jnp.sqrt(float(cfg.d_model)) + pe
         x = Dropout(cfg.dropout, deterministic=not train)(x)
         for i in range(cfg.num_layers):
             x = EncoderLayer(
-                cfg.num_heads, cfg.ffn_dim, self.hrf, cfg.dropout, cfg.pre_ln, name=f"layer_{i}"
+                cfg.num_heads, cfg.ffn_dim, self.hrf, cfg.dropout, cfg.pre_ln,
+                ln_epsilon=cfg.ln_epsilon, attention_dropout=cfg.attention_dropout,
+                activation_dropout=cfg.activation_dropout, name=f"layer_{i}",
             )(x, mask, train=train)
-        if cfg.pre_ln:
-            x = nn.LayerNorm(name="ln_out")(x)
+        if cfg.pre_ln and cfg.final_norm:
+            x = nn.LayerNorm(cfg.ln_epsilon, name="ln_out")(x)
+        # the encoder output, for parity checks: apply(..., mutable=["intermediates"])
+        self.sow("intermediates", "encoder_out", x)
         return self.hrf.dense(self.num_classes, "head", "classifier")(masked_mean(x, mask))
 
 
