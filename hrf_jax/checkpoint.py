@@ -13,13 +13,14 @@ under barrier keys of its own, so ``last`` and ``best`` may save the same step a
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from flax import serialization
+
+from hrf_jax.logs import get_logger
 
 _ITEMS = ("state", "meta")
 
@@ -109,9 +110,8 @@ def _restore_newest(manager: ocp.CheckpointManager, template: Any) -> tuple[Any,
             return state, dict(restored["meta"])
         except Exception as err:  # any unreadable file means: try the previous checkpoint
             where = Path(manager.directory) / str(step)
-            print(
-                f"warning: checkpoint {where} is unreadable ({type(err).__name__}: "
-                f"{str(err)[:200]}); falling back to an earlier one",
-                file=sys.stderr,
+            get_logger().warning(
+                f"checkpoint {where} is unreadable ({type(err).__name__}: "
+                f"{str(err)[:200]}); falling back to an earlier one"
             )
     return None

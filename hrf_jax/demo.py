@@ -17,6 +17,7 @@ import numpy as np
 from hrf_jax.config import default_config
 from hrf_jax.deploy import merge_run
 from hrf_jax.evaluate import split_probs
+from hrf_jax.logs import get_logger
 from hrf_jax.loop import fit
 from hrf_jax.metrics import classification_metrics
 from hrf_jax.profiling import forward_cost
@@ -59,14 +60,15 @@ def run_demo(workdir: str | Path = "runs/demo", *, backbone: str = "conformer",
     runs = {"light": ("light", 0), "light_hrf": ("light", hrf_ratio), "large": ("large", 0)}
     summaries = {}
     for name, (size, ratio) in runs.items():
-        print(f"== training {name}: {backbone}-{size}" + (f" + HRF x{ratio}" if ratio else ""))
+        get_logger().info(f"== training {name}: {backbone}-{size}"
+                          + (f" + HRF x{ratio}" if ratio else ""))
         config = demo_config(backbone, size, ratio, epochs=epochs, seed=seed,
                              num_utterances=num_utterances, num_speakers=num_speakers,
                              batch_size=batch_size, max_frames=max_frames,
                              data_dir=data_dir, progress=progress)
         summaries[name] = fit(config, workdir / name)
 
-    print("== merging light_hrf (deHRF) and verifying")
+    get_logger().info("== merging light_hrf (deHRF) and verifying")
     merge = merge_run(workdir / "light_hrf")
     hrf_run = Run.load(workdir / "light_hrf")
     deploy_run = Run.load(hrf_run.deploy_dir)

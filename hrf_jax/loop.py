@@ -6,7 +6,7 @@ best-so-far selection, checkpoint, log line) and ``_final_report`` (test metrics
 checkpoint selected on the validation split, which is carved from training speakers).
 
 On many hosts every process runs the same steps on its share of each batch; process 0 alone
-prepares the corpus, writes the run files and prints.
+prepares the corpus, writes the run files and metrics (``metrics_writer``) and logs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from hrf_jax.checkpoint import RunCheckpoints, restore_state
 from hrf_jax.config import validate
 from hrf_jax.data import TrainLoader
 from hrf_jax.evaluate import evaluate
+from hrf_jax.logs import get_logger
+from hrf_jax.metrics_writer import MetricsWriter
 from hrf_jax.run import Run, is_main_process, write_run_file
 from hrf_jax.train import (
     DataParallel,
@@ -35,6 +37,7 @@ from hrf_jax.train import (
     create_state,
     make_eval_step,
     make_optimizer,
+    make_schedule,
     make_train_step,
 )
 
@@ -51,7 +54,8 @@ class _Training:
     eval_step: Any
     checkpoints: RunCheckpoints
     eval_batch_size: int
-    writer: Any
+    writer: MetricsWriter
+    batch_size: int
 
     @property
     def tcfg(self) -> ml_collections.ConfigDict:
@@ -86,6 +90,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         meta = _select_and_save(t, state, meta, epoch, running, time.perf_counter() - started)
     t.checkpoints.wait()
     t.checkpoints.close()
+    t.writer.close()
     return _final_report(t, state, meta)
 
 
@@ -99,9 +104,9 @@ def _connect_hosts(tcfg: ml_collections.ConfigDict) -> None:
 
 
 def _say(message: str) -> None:
-    """Prints once per run, not once per process."""
+    """Logs once per run, not once per process."""
     if is_main_process():
-        print(message)
+        get_logger().info(message)
 
 
 def _open_dataset(run: Run) -> Any:
@@ -126,7 +131,8 @@ def _setup(run: Run) -> tuple[_Training, TrainState]:
     loader = TrainLoader(ds.train, batch_size=batch_size, max_frames=tcfg.max_frames,
                          seed=tcfg.seed, balanced=tcfg.balanced,
                          host=parallel.host)
-    tx = make_optimizer(run.config.optimizer, tcfg.epochs * len(loader))
+    total_steps = tcfg.epochs * len(loader)
+    tx = make_optimizer(run.config.optimizer, total_steps)
     feats, mask = run.example_inputs(batch_size, tcfg.max_frames)
     state = parallel.replicate(create_state(model, tx, jax.random.PRNGKey(tcfg.seed), feats,
                                             mask))
@@ -140,7 +146,10 @@ def _setup(run: Run) -> tuple[_Training, TrainState]:
                   eval_step=make_eval_step(model, parallel),
                   checkpoints=RunCheckpoints(run.last_dir, run.best_dir, tcfg.keep_last),
                   eval_batch_size=_round_batch(tcfg.eval_batch_size, parallel),
-                  writer=_tensorboard(run.path) if is_main_process() else None)
+                  writer=MetricsWriter(run.path, run.metrics_log, enabled=is_main_process(),
+                                       lr_schedule=make_schedule(run.config.optimizer,
+                                                                 total_steps)),
+                  batch_size=batch_size)
     return t, state
 
 
@@ -165,18 +174,26 @@ def _train_epoch(t: _Training, state: TrainState, meta: dict[str, Any], epoch: i
     running = _restore_running(meta.get("running")) if start else None
     bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{t.tcfg.epochs}",
                disable=not (t.tcfg.progress and is_main_process()), leave=False)
+    t.writer.start_window(step)
+    window = None  # sums since the last host sync, for the per-step scalars
     for i, batch in enumerate(t.loader.epoch(epoch, start=start), start=start):
         state, stats = t.train_step(state, t.parallel.put_batch(batch, local=True))
         weighted = {"loss": stats["loss"] * stats["count"], "correct": stats["correct"],
                     "count": stats["count"]}
         running = weighted if running is None else jax.tree_util.tree_map(
             jnp.add, running, weighted)
+        window = weighted if window is None else jax.tree_util.tree_map(
+            jnp.add, window, weighted)
         step += 1
         bar.update(1)
-        if (i + 1) % 10 == 0 or i + 1 == steps_per_epoch:  # the only host sync in an epoch
-            got = jax.device_get(running)
+        if (i + 1) % t.tcfg.log_every_steps == 0 or i + 1 == steps_per_epoch:
+            # the only host sync in an epoch
+            got, win = jax.device_get((running, window))
             bar.set_postfix(loss=f"{got['loss'] / got['count']:.3f}",
                             acc=f"{got['correct'] / got['count']:.3f}")
+            t.writer.step_scalars(step, float(win["loss"] / win["count"]),
+                                  float(win["correct"] / win["count"]), t.batch_size)
+            window = None
         every = t.tcfg.save_every_steps
         if every and step % every == 0 and i + 1 < steps_per_epoch:
             sums = {k: v.item() for k, v in jax.device_get(running).items()}
@@ -206,21 +223,12 @@ def _select_and_save(t: _Training, state: TrainState, meta: dict[str, Any], epoc
         meta["best"] = {"score": score, "epoch": epoch + 1, "step": meta["step"]}
     meta["history"] = [*meta["history"], record]
     t.checkpoints.save(state, {**meta, "epoch": epoch + 1, "batch": 0}, best=improved)
-    if is_main_process():
-        _log_epoch(t, record, improved)
+    t.writer.epoch(record)
+    val = record["val"]
+    loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+    _say(f"epoch {record['epoch']}: loss {loss} val WA {val['wa']:.3f} UA {val['ua']:.3f}"
+         + (" *" if improved else ""))
     return meta
-
-
-def _log_epoch(t: _Training, record: dict[str, Any], improved: bool) -> None:
-    """The epoch's line in ``metrics.jsonl``, TensorBoard and (with progress) the console."""
-    with open(t.run.metrics_log, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if t.writer is not None:
-        _log_tensorboard(t.writer, record)
-    if t.tcfg.progress:
-        val = record["val"]
-        print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f} "
-              f"val WA {val['wa']:.3f} UA {val['ua']:.3f}" + (" *" if improved else ""))
 
 
 def _final_report(t: _Training, state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
@@ -245,20 +253,3 @@ def _restore_running(sums: dict | None) -> dict | None:
             "correct": jnp.asarray(sums["correct"], jnp.int32),
             "count": jnp.asarray(sums["count"], jnp.int32)}
 
-
-def _tensorboard(workdir: Path):
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(workdir / "tensorboard"))
-
-
-def _log_tensorboard(writer, record: dict) -> None:
-    step = record["step"]
-    if record["train_loss"] is not None:
-        writer.add_scalar("train/loss", record["train_loss"], step)
-        writer.add_scalar("train/accuracy", record["train_acc"], step)
-    for key in ("wa", "ua", "macro_f1"):
-        writer.add_scalar(f"val/{key}", record["val"][key], step)
-    writer.flush()

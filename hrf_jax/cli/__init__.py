@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from hrf_jax.logs import LEVELS, set_verbosity
+
 SUBCOMMANDS = ("demo", "prepare", "train", "eval", "merge", "predict", "export", "bench")
 
 
@@ -23,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hrf-jax",
         description="HRF training and exact deHRF merging of lightweight SER Transformers.")
     parser.add_argument("--version", action="version", version=f"hrf-jax {__version__}")
+    parser.add_argument("--verbosity", choices=LEVELS, default="info",
+                        help="messages shown: debug also shows TFDS/absl logs (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"hrf_jax.cli.{name}").add_parser(sub)
@@ -36,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = extra
     elif extra:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    set_verbosity(args.verbosity)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ModuleNotFoundError, ValueError) as err:  # missing extra: names it

@@ -146,3 +146,8 @@ def builder_class(name: str) -> type[CorpusBuilder]:
     title = "".join(part.title() for part in name.split("_"))
     return type(f"Hrf{title}", (CorpusBuilder,), {"name": f"hrf_{name}", "__module__": __name__},
                 skip_registration=True)
+
+
+def quiet_tfds() -> None:
+    """No TFDS progress bars: nested ones garble logs, and preparation reports its own counts."""
+    tfds.disable_progress_bar()

@@ -21,6 +21,7 @@ import numpy as np
 from hrf_jax.audio import MelSettings
 from hrf_jax.data import builders, corpora, features
 from hrf_jax.data.registry import Corpus, get_corpus
+from hrf_jax.logs import get_logger
 
 _MEL_OPTIONS = ("num_mels", "win_length", "hop_length", "n_fft", "fmin", "fmax", "htk")
 # Options of every corpus; frame_rate is the rate of precomputed features (log-Mel has its
@@ -132,7 +133,7 @@ def prepare(name: str, *, data_dir: str | pathlib.Path | None = None,
     out = dataset_dir(name, data_dir, _hashed(canon))
     if (out / REPORT).is_file() and not overwrite:
         if verbose:
-            print(f"{name}: already prepared at {out}")
+            get_logger().info(f"{name}: already prepared at {out}")
         return out
     spec = _build_spec(get_corpus(name), out.parent.name, manual_dir, manifest, workers, options)
     num_source_items = len(spec.items) + spec.skips.total()  # before extraction skips any
@@ -140,6 +141,7 @@ def prepare(name: str, *, data_dir: str | pathlib.Path | None = None,
     if out.exists():
         shutil.rmtree(out)
     builder = builders.builder_class(name)(spec, data_dir)
+    builders.quiet_tfds()
     builder.download_and_prepare()
     out = pathlib.Path(builder.data_dir)
     report = _index_and_report(name, builder, out)
@@ -199,12 +201,13 @@ def _index_and_report(name: str, builder, out: pathlib.Path) -> dict:
 
 
 def _print_summary(report: dict, skips: corpora.SkipLog, out: pathlib.Path) -> None:
-    print(f"{report['dataset']}: kept {report['num_examples']} examples -> {out}")
-    print("  per class: " + ", ".join(f"{k}={v}" for k, v in report["per_class"].items()))
-    for split, info in report.get("per_split", {}).items():
-        print(f"  {split}: {info['num_examples']}")
-    for reason, count in sorted(skips.counts.items()):
-        print(f"  skipped {count} ({reason}), e.g. " + "; ".join(skips.examples[reason]))
+    lines = [f"{report['dataset']}: kept {report['num_examples']} examples -> {out}",
+             "  per class: " + ", ".join(f"{k}={v}" for k, v in report["per_class"].items())]
+    lines += [f"  {split}: {info['num_examples']}"
+              for split, info in report.get("per_split", {}).items()]
+    lines += [f"  skipped {count} ({reason}), e.g. " + "; ".join(skips.examples[reason])
+              for reason, count in sorted(skips.counts.items())]
+    get_logger().info("\n".join(lines))
 
 
 def ensure_prepared(name: str, data_dir: str | pathlib.Path | None = None,
