@@ -7,11 +7,13 @@ from models_testutil import FRAMES, compiled, inputs, random_variables, rel_err
 from hrf_jax.models import BACKBONES
 
 
+@pytest.mark.parametrize("reference", [False, True], ids=["default", "reference"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_appended_padding_leaves_logits_unchanged(backbone):
+def test_appended_padding_leaves_logits_unchanged(backbone, reference):
     # chains on every target (their merged model is the plain one, test_models_reparam), so
-    # padding reaches every kind of layer
-    model, fn = compiled(backbone, "light", 4, "all")
+    # padding reaches every kind of layer; the reference presets honour masks too (each
+    # utterance of a batch gives what the reference gives it alone)
+    model, fn = compiled(backbone, "light", 4, "all", **({"reference": True} if reference else {}))
     frames, real = FRAMES["light"], FRAMES["light"] * 2 // 3
     feats, mask = inputs(2, frames, lengths=[frames, real])
     variables = random_variables(model, feats, mask)

@@ -38,6 +38,19 @@ def test_merge_hrf_matches_plain_model(backbone, size):
     assert hrf_paths(merged) == []
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_merge_hrf_is_exact_on_the_reference_presets(backbone):
+    """The reference presets (their norms' epsilons, PE table, edges, padding) merge alike."""
+    hrf, hrf_fn = compiled(backbone, "light", 4, "all", reference=True)
+    plain, plain_fn = compiled(backbone, "light", reference=True)
+    feats, mask = inputs(2, FRAMES["light"])
+    variables = random_variables(hrf, feats, mask)
+    with jax.default_matmul_precision("highest"):
+        merged = merge_hrf(variables)
+        assert rel_err(hrf_fn(variables, feats, mask), plain_fn(merged, feats, mask)) <= TOL
+    assert shapes(merged) == shapes(variable_shapes(plain, feats, mask))
+
+
 @pytest.mark.parametrize("ratio,depth", [(8, 1), (2, 2)])
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_merged_tree_of_any_ratio_and_depth_is_the_plain_tree(backbone, ratio, depth):
