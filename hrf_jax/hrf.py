@@ -151,7 +151,8 @@ class HRFDense(nn.Module):
         if self.hrf_norm == "batchnorm":
             if train is None:
                 raise ValueError(f"{self.name}: hrf_norm='batchnorm' needs the caller to pass "
-                                 "train= (and mask=) to HRFDense")
+                                 "train= (and mask=) to HRFDense; the backbones do so for the "
+                                 "FFN targets 'ffn' and 'ffn2' only")
             if not self.use_bias:
                 raise ValueError(f"{self.name}: hrf_norm='batchnorm' needs use_bias=True, the "
                                  "folded BatchNorm shift goes into the host bias")

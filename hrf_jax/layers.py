@@ -48,7 +48,8 @@ class FeedForward(nn.Module):
     """Transformer FFN ``fc2(dropout(act(fc1(x))))``: ``(B, T, d) -> (B, T, d)``.
 
     ``hrf`` targets ``ffn`` (an HRF chain inside ``fc1``, the paper's place) and ``ffn2``
-    (inside ``fc2``) apply here.
+    (inside ``fc2``) apply here. ``mask (B, T)`` keeps padded tokens out of the statistics of
+    an ``hrf_norm="batchnorm"`` chain.
     """
 
     hidden: int
@@ -57,10 +58,10 @@ class FeedForward(nn.Module):
     hrf: HRFSpec = HRFSpec()
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False) -> Array:
-        h = self.activation(self.hrf.dense(self.hidden, "ffn", "fc1")(x))
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+        h = self.activation(self.hrf.dense(self.hidden, "ffn", "fc1")(x, mask, train=train))
         h = Dropout(self.dropout, deterministic=not train)(h)
-        return self.hrf.dense(x.shape[-1], "ffn2", "fc2")(h)
+        return self.hrf.dense(x.shape[-1], "ffn2", "fc2")(h, mask, train=train)
 
 
 class EncoderLayer(nn.Module):
@@ -109,6 +110,6 @@ class EncoderLayer(nn.Module):
 
         if self.pre_ln:
             x = x + drop(attend(ln_attn(x)))
-            return x + drop(ffn(ln_ffn(x), train=train))
+            return x + drop(ffn(ln_ffn(x), mask, train=train))
         x = ln_attn(x + drop(attend(x)))
-        return ln_ffn(x + drop(ffn(x, train=train)))
+        return ln_ffn(x + drop(ffn(x, mask, train=train)))

@@ -208,12 +208,30 @@ def test_batchnorm_in_the_chain_needs_train_and_its_statistics():
     bad = {**variables, "params": {**variables["params"], "hrf_norm_0": {"scale": jnp.ones(3)}}}
     with pytest.raises(ValueError, match=r"params/hrf_norm_0/scale has shape \(3,\), expected"):
         merge_hrf(bad)
-    # the backbones' FeedForward passes neither train nor mask to HRFDense yet
+    # the backbones pass train and mask on the FFN targets only
     model = build_model("convtransformer", "light", num_classes=4, hrf_ratio=2,
-                        hrf_norm="batchnorm")
+                        hrf_norm="batchnorm", hrf_targets=("ffn", "head"))
     feats, mask = inputs(1, 16)
-    with pytest.raises(ValueError, match="needs the caller to pass train="):
+    with pytest.raises(ValueError, match="FFN targets 'ffn' and 'ffn2' only"):
         jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), feats, mask))
+
+
+@pytest.mark.parametrize("backbone", ["conformer", "convtransformer"])
+def test_batchnorm_norm_trains_and_merges_exactly_in_a_model(backbone):
+    """The FFN chain's BatchNorm learns statistics of real tokens only while training, and
+    the merged plain model gives the HRF model's eval output."""
+    hrf, hrf_fn = compiled(backbone, "light", 4, "ffn", hrf_norm="batchnorm")
+    plain, plain_fn = compiled(backbone, "light")
+    feats, mask = inputs(2, 48)
+    variables = random_variables(hrf, feats, mask)
+    _, updates = hrf.apply(variables, feats, mask, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.PRNGKey(0)})
+    stats = jax.tree_util.tree_leaves_with_path(updates["batch_stats"])
+    norms = [leaf for path, leaf in stats if "hrf_norm_0" in jax.tree_util.keystr(path)]
+    assert norms and all(np.all(np.isfinite(leaf)) for leaf in norms)
+    with jax.default_matmul_precision("highest"):
+        assert rel_err(hrf_fn(variables, feats, mask),
+                       plain_fn(merge_hrf(variables), feats, mask)) <= TOL
 
 
 def test_scale_norm_merges_exactly_in_a_model():

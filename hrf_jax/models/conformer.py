@@ -118,7 +118,7 @@ class ConformerBlock(nn.Module):
         drop = Dropout(cfg.dropout, deterministic=not train)
         ln = functools.partial(nn.LayerNorm, cfg.ln_epsilon)
         h = FeedForward(cfg.ffn_dim, nn.swish, cfg.dropout, self.hrf, name="ffn1")(
-            ln(name="ln_ffn1")(x), train=train
+            ln(name="ln_ffn1")(x), mask, train=train
         )
         x = x + 0.5 * drop(h)
         h = ln(name="ln_attn")(x)
@@ -131,7 +131,7 @@ class ConformerBlock(nn.Module):
                           name="conv")
         x = x + conv(x, mask, train=train)
         h = FeedForward(cfg.ffn_dim, nn.swish, cfg.dropout, self.hrf, name="ffn2")(
-            ln(name="ln_ffn2")(x), train=train
+            ln(name="ln_ffn2")(x), mask, train=train
         )
         x = x + 0.5 * drop(h)
         return ln(name="ln_out")(x)
