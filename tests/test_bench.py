@@ -12,7 +12,9 @@ from hrf_jax.cli import main
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 OPTIONS = ("--backbones", "--variants", "--frames", "--batch", "--latency-frames", "--scaling",
            "--scaling-frames", "--repeats", "--repeats-latency", "--repeats-paired", "--timeout",
-           "--skip-large-train", "--exported", "--pipeline", "--quick", "--out")
+           "--skip-large-train", "--exported", "--pipeline", "--quick", "--out",
+           "--reference-speechformer", "--reference-python", "--reference-device",
+           "--reference-frames", "--pairs")
 
 
 def test_help_lists_every_option(capsys):

@@ -20,10 +20,9 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / (median_latency_ms(f, a, a, repeats=repeats, warmup=2) / 1e3) / 1e9
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, core count, jax version, devices, Python version and load average now."""
-    import jax
-
+def host() -> dict[str, Any]:
+    """CPU model, core count, Python version and load average now; imports no JAX (the
+    side-by-side parent must not take the accelerator from its workers)."""
     cpu = platform.processor()
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -31,6 +30,12 @@ def machine() -> dict[str, Any]:
                     if ln.startswith("Model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "load_avg_at_start": os.getloadavg()}
+
+
+def machine() -> dict[str, Any]:
+    """``host()`` plus the jax version and devices."""
+    import jax
+
+    return {**host(), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
