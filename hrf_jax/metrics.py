@@ -86,3 +86,24 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if arr.size == 0:
         raise ValueError("mean_std of no values")
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def bootstrap_ua_ci(labels: np.ndarray, preds: np.ndarray, num_classes: int, *,
+                    resamples: int = 2000, level: float = 0.95, seed: int = 0
+                    ) -> tuple[float, float]:
+    """Percentile-bootstrap interval of UA over utterances (resampled with replacement), as
+    fractions: how much a test-set UA could move with another draw of the same test set.
+    A class absent from a resample is left out of its UA, as in ``classification_metrics``."""
+    labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
+    if labels.size == 0:
+        raise ValueError("bootstrap_ua_ci of no utterances")
+    idx = np.random.default_rng(seed).integers(0, labels.size, (resamples, labels.size))
+    y, hit = labels[idx], (labels == preds)[idx]
+    onehot = y[..., None] == np.arange(num_classes)  # (resamples, N, C)
+    support = onehot.sum(1)
+    correct = (onehot & hit[..., None]).sum(1)
+    recall = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
+    ua = np.nanmean(recall, axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(ua, [tail, 100 - tail])
+    return float(low), float(high)

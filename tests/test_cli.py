@@ -143,8 +143,10 @@ def test_demo_with_tiny_settings(trained_run, tiny_data_dir, tmp_path):
     assert set(results) >= {"dataset", "backbone", "models", "merge"}
     assert set(results["models"]) == {"light", "light_hrf", "light_hrf_merged", "large"}
     for row in results["models"].values():
-        assert set(row) == {"wa", "ua", "macro_f1", "params", "flops", "latency_ms"}
+        assert set(row) == {"wa", "ua", "ua_ci95", "macro_f1", "params", "flops", "latency_ms"}
         assert 0.0 <= row["wa"] <= 1.0 and 0.0 <= row["ua"] <= 1.0
+        low, high = row["ua_ci95"]
+        assert 0.0 <= low <= high <= 1.0
     models = results["models"]
     assert models["light_hrf_merged"]["params"] == models["light"]["params"]
     assert models["light_hrf"]["params"] > models["light"]["params"]

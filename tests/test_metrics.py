@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hrf_jax.metrics import classification_metrics, mean_std, participant_vote
+from hrf_jax.metrics import (
+    bootstrap_ua_ci,
+    classification_metrics,
+    mean_std,
+    participant_vote,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -56,3 +61,18 @@ def test_mean_std():
     assert mean_std([0.5]) == (0.5, 0.0)
     mean, std = mean_std([0.4, 0.6])
     assert mean == pytest.approx(0.5) and std == pytest.approx(np.std([0.4, 0.6], ddof=1))
+
+
+def test_bootstrap_ua_interval_holds_the_ua_and_shrinks_with_more_utterances():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (80, 2000):
+        labels = rng.integers(0, 4, n)
+        preds = np.where(rng.random(n) < 0.7, labels, rng.integers(0, 4, n))
+        low, high = bootstrap_ua_ci(labels, preds, 4)
+        ua = classification_metrics(labels, preds, 4)["ua"]
+        assert low <= ua <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 3  # about 1/sqrt(25) as wide
+    perfect = np.arange(40) % 4
+    assert bootstrap_ua_ci(perfect, perfect, 4) == (1.0, 1.0)
