@@ -1,9 +1,10 @@
 """Python ``logging`` for hrf-jax: one ``hrf_jax`` logger, its level set by ``--verbosity``.
 
 Library code logs through ``get_logger()``; nothing is printed directly. The logger has its
-own stdout handler at INFO (so a notebook or a script sees the epochs without configuring
-logging) and does not propagate; to route messages elsewhere, replace
-``logging.getLogger("hrf_jax").handlers`` and set ``propagate = True``.
+own console handler at INFO (messages to stdout, warnings and errors to stderr; a notebook or
+a script sees the epochs without configuring logging) and does not propagate; to route
+messages elsewhere, replace ``logging.getLogger("hrf_jax").handlers`` and set
+``propagate = True``.
 """
 
 from __future__ import annotations
@@ -23,22 +24,29 @@ class _Format(logging.Formatter):
         return text if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {text}"
 
 
-class _Stdout(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is at the time (notebooks and tests replace it)."""
+class _Console(logging.StreamHandler):
+    """INFO and below to ``sys.stdout``, warnings and errors to ``sys.stderr``, whatever they
+    are at the time of the message (notebooks and tests replace them)."""
+
+    _to_stderr = False
 
     @property
     def stream(self):
-        return sys.stdout
+        return sys.stderr if self._to_stderr else sys.stdout
 
     @stream.setter
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        self._to_stderr = record.levelno > logging.INFO  # Handler.handle holds the lock
+        super().emit(record)
+
 
 def _default_handler() -> None:
     if logger.handlers:
         return
-    handler = _Stdout()
+    handler = _Console()
     handler.setFormatter(_Format("%(message)s"))
     logger.addHandler(handler)
     logger.propagate = False

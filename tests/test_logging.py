@@ -48,8 +48,8 @@ def test_verbosity_sets_the_level_and_quiets_libraries(capsys):
         get_logger().info("hidden")
         get_logger().warning("shown")
         assert logging.getLogger("absl").level == logging.WARNING
-        out = capsys.readouterr().out
-        assert "hidden" not in out and "warning: shown" in out
+        out, err = capsys.readouterr()
+        assert "hidden" not in out + err and "warning: shown" in err
         set_verbosity("debug")
         assert logging.getLogger("absl").level == logging.DEBUG
     finally:
