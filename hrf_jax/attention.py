@@ -97,17 +97,24 @@ class RelPositionAttention(nn.Module):
     Scores ``(q + u) k^T + (q + v) p_{i-j}^T`` over ``sqrt(H)``, with ``p`` a projected
     sinusoidal encoding of the relative distance (ESPnet's ``RelPositionMultiHeadedAttention``).
     ``(B, T, d), (B, T) -> (B, T, d)``; the score matrix is ``T x T`` (global attention).
+    ``pos_dropout`` drops entries of the sinusoidal table before its projection when
+    ``deterministic`` is False (rng collection ``dropout``; one mask for the whole batch), as
+    ESPnet's ``RelPositionalEncoding`` drops the position embeddings it returns.
     """
 
     num_heads: int
     hrf: HRFSpec = HRFSpec()
+    pos_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, mask: Array, *, deterministic: bool = True) -> Array:
         t, d = x.shape[1], x.shape[2]
         q, k, v = _qkv(x, self.hrf, self.num_heads)
         h = d // self.num_heads
         rel = sinusoidal_encoding(jnp.arange(t - 1, -t, -1), d)  # distances T-1 .. -(T-1)
+        if self.pos_dropout > 0 and not deterministic:
+            rel = rel * dropout_mask(self.make_rng("dropout"), self.pos_dropout, rel.shape,
+                                     rel.dtype)
         p = nn.Dense(d, use_bias=False, name="pos")(rel).reshape(2 * t - 1, self.num_heads, h)
         init = nn.initializers.xavier_uniform()
         u = self.param("pos_bias_u", init, (self.num_heads, h))

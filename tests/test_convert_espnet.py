@@ -2,6 +2,7 @@
 numpy port of ESPnet's encoder (checked against the fixtures first), with ESPnet Conformers of
 widths, depths and head counts the fixtures do not cover."""
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -275,3 +276,22 @@ def test_reference_preset_counts_as_espnet(size, units):
     theirs = sum(int(np.prod(s)) for n, s in shapes.items() if "running" not in n)
     assert ours == theirs + 4 * cfg.d_model + 4
     assert count()[1] == ours - 2 * cfg.d_model  # the default lacks ESPnet's final LayerNorm
+
+
+def test_position_embeddings_drop_out_while_training_only():
+    """ESPnet's ``RelPositionalEncoding`` drops its position embeddings at the positional
+    dropout rate (``pos_dropout``, 0.1 in the preset); eval mode never sees it."""
+    sd = random_state_dict(espnet_shapes(24, 16, 32, 1, 7, 2, rel=True), seed=0)
+    model, variables = from_espnet_conformer(sd, 2, num_classes=4)
+    assert model.cfg.pos_dropout == 0.1
+    x = np.random.default_rng(0).standard_normal((2, 40, 24)).astype(np.float32)
+    mask = np.arange(40)[None] < np.array([[40], [30]])
+
+    def logits(pos_dropout, train):  # every other dropout off: only the table's can differ
+        cfg = dataclasses.replace(model.cfg, dropout=0.0, pos_dropout=pos_dropout)
+        fn = functools.partial(Conformer(cfg, 4).apply, train=train, mutable=["batch_stats"],
+                               rngs={"dropout": jax.random.PRNGKey(1)})
+        return np.asarray(jax.jit(fn)(variables, x, mask)[0])
+
+    np.testing.assert_array_equal(logits(0.1, False), logits(0.0, False))
+    assert np.abs(logits(0.1, True) - logits(0.0, True)).max() > 1e-4

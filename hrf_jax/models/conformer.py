@@ -7,17 +7,23 @@ sits after a LayerNorm.
 
 The reference is ESPnet's ``conformer/encoder.py`` ``Encoder`` (conv2d input layer,
 normalize_before, macaron FFNs, conv module, swish; ``rel_pos``/``rel_selfattn`` "latest" or
-``abs_pos``/``selfattn``). By default this module differs from it in three documented fields,
-all switched by ``REFERENCE`` (``build_model(..., reference=True)``): ESPnet ends the encoder
-with a LayerNorm (``final_norm``), its LayerNorms use ``eps=1e-12`` (``ln_epsilon``) and it
-flattens a subsampled frame channel-major (``subsampling_flatten="channel_freq"``). With those
-the eval-mode function is ESPnet's encoder followed by a time-mean and a linear classifier
+``abs_pos``/``selfattn``). By default its eval-mode function differs from ESPnet's in three
+documented fields, all switched by ``REFERENCE`` (``build_model(..., reference=True)``):
+ESPnet ends the encoder with a LayerNorm (``final_norm``), its LayerNorms use ``eps=1e-12``
+(``ln_epsilon``) and it flattens a subsampled frame channel-major
+(``subsampling_flatten="channel_freq"``). With those the eval-mode function is ESPnet's
+encoder followed by a time-mean and a linear classifier
 (``hrf_jax.convert.from_espnet_conformer`` loads its weights); dropouts (0.1 on the
 embedding, residual branches and FFN inner activations, none on attention weights) and the
-BatchNorm momentum are ESPnet's too. Left as they are: ESPnet's relative encoding also drops
-out the position embeddings while training (``attention``); initialisation follows Flax
-(LeCun-normal kernels), not PyTorch; and padding never changes a prediction here, while
-ESPnet's conv module and BatchNorm statistics see padded frames of a batch.
+BatchNorm momentum are ESPnet's too. Two training-time fields complete the preset:
+``pos_dropout`` drops the relative position embeddings while training as ESPnet's
+``RelPositionalEncoding`` does (at its ``positional_dropout_rate``, 0.1; here each block draws
+its own mask, ESPnet one per forward pass for all blocks), and ``init="espnet"`` draws the
+parameters as ESPnet's bare ``Encoder`` leaves them, PyTorch's module defaults
+(``hrf_jax.models.torch_init``): nothing in it re-initialises, and ESPnet's own
+``initialize()`` keeps them at its default ``transformer_init="pytorch"``. Left as it is:
+padding never changes a prediction here, while ESPnet's conv module and BatchNorm statistics
+see padded frames of a batch.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from hrf_jax.attention import MultiHeadAttention, RelPositionAttention, sinusoid
 from hrf_jax.hrf import HRFSpec
 from hrf_jax.layers import Dropout, FeedForward
 from hrf_jax.masking import MaskedBatchNorm, masked_mean, zero_padding
+from hrf_jax.models.torch_init import drawn_at_init, hrf_dense_drawn_at_init, torch_rule
 from hrf_jax.subsampling import ConvSubsampling
 
 Array = jax.Array
@@ -58,6 +65,11 @@ class ConformerConfig:
     final_norm: bool = False  # a LayerNorm after the last block (ESPnet's after_norm)
     # order of a subsampled frame's (freq, channel) features before the projection
     subsampling_flatten: str = "freq_channel"  # or "channel_freq" (ESPnet)
+    # "rel" only: dropout of the relative position table while training (ESPnet: 0.1)
+    pos_dropout: float = 0.0
+    # "flax": flax initialisers; "espnet": PyTorch's module defaults, as ESPnet's Encoder
+    # draws them (see hrf_jax.models.torch_init)
+    init: str = "flax"
 
     @property
     def ffn_dim(self) -> int:
@@ -74,7 +86,44 @@ REFERENCE: dict[str, object] = {
     "final_norm": True,
     "ln_epsilon": 1e-12,
     "subsampling_flatten": "channel_freq",
+    "pos_dropout": 0.1,
+    "init": "espnet",
 }
+
+
+class DepthwiseConv1D(nn.Module):
+    """``nn.Conv(C, (K,), padding="SAME", feature_group_count=C)`` on ``(B, T, C)``: same
+    parameter tree (``kernel (K, 1, C)``, ``bias (C,)``), init and output.
+
+    ``fast=True`` (training) avoids XLA's grouped convolution, whose CPU forward and backward
+    cost a third of a light Conformer block: up to ``T = 4K`` frames one batched matmul with
+    the banded ``(T, T)`` matrix of each channel, beyond that ``K`` shifted multiply-adds that
+    XLA fuses into one loop (measured faster past ``T ~ 4K``: the band costs ``T/K`` times the
+    multiply-adds). Inference and export keep the convolution, one op for ONNX and LiteRT.
+    """
+
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, x: Array, fast: bool = False) -> Array:
+        k, (t, c) = self.kernel_size, x.shape[-2:]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, 1, c))
+        bias = self.param("bias", nn.initializers.zeros_init(), (c,))
+        half = k // 2
+        if not fast:
+            y = jax.lax.conv_general_dilated(x, kernel, (1,), [(half, half)],
+                                             dimension_numbers=("NWC", "WIO", "NWC"),
+                                             feature_group_count=c)
+        elif t <= 4 * k:
+            # band[t, s, c] = kernel[s - t + half, c] inside the kernel, else 0
+            tap = jnp.arange(t)[None, :] - jnp.arange(t)[:, None] + half
+            inside = (tap >= 0) & (tap < k)
+            band = jnp.where(inside[..., None], kernel[jnp.clip(tap, 0, k - 1), 0], 0)
+            y = jnp.einsum("tsc,bsc->btc", band, x)
+        else:
+            xp = jnp.pad(x, ((0, 0), (half, half), (0, 0)))
+            y = sum(xp[:, i : i + t] * kernel[i, 0] for i in range(k))
+        return y + bias
 
 
 class ConvModule(nn.Module):
@@ -97,9 +146,8 @@ class ConvModule(nn.Module):
         d = x.shape[-1]
         h = nn.LayerNorm(self.ln_epsilon, name="ln")(x)
         h = nn.glu(self.hrf.dense(2 * d, "conv_pointwise", "pointwise_1")(h), axis=-1)
-        h = nn.Conv(
-            d, (self.kernel_size,), padding="SAME", feature_group_count=d, name="depthwise"
-        )(zero_padding(h, mask))
+        h = DepthwiseConv1D(self.kernel_size, name="depthwise")(zero_padding(h, mask),
+                                                                fast=train)
         if not self.fold_bn:
             h = MaskedBatchNorm(name="batch_norm")(h, mask, train=train)
         h = self.hrf.dense(d, "conv_pointwise", "pointwise_2")(nn.swish(h))
@@ -123,7 +171,8 @@ class ConformerBlock(nn.Module):
         x = x + 0.5 * drop(h)
         h = ln(name="ln_attn")(x)
         if cfg.pos_enc == "rel":
-            h = RelPositionAttention(cfg.num_heads, self.hrf, name="attn")(h, mask)
+            h = RelPositionAttention(cfg.num_heads, self.hrf, cfg.pos_dropout, name="attn")(
+                h, mask, deterministic=not train)
         else:
             h = MultiHeadAttention(cfg.num_heads, self.hrf, name="attn")(h, mask)
         x = x + drop(h)
@@ -152,9 +201,12 @@ class Conformer(nn.Module):
         cfg = self.cfg
         if cfg.pos_enc not in ("rel", "abs"):
             raise ValueError(f"pos_enc must be 'rel' or 'abs', got {cfg.pos_enc!r}")
+        if cfg.init not in ("flax", "espnet"):
+            raise ValueError(f"init must be 'flax' or 'espnet', got {cfg.init!r}")
         channels = cfg.subsampling_channels or cfg.d_model
-        subsample = ConvSubsampling(channels, cfg.d_model, flatten=cfg.subsampling_flatten,
-                                    name="subsampling")
+        subsampling = self._drawn(ConvSubsampling)
+        subsample = subsampling(channels, cfg.d_model, flatten=cfg.subsampling_flatten,
+                                name="subsampling")
         x, mask = subsample(feats, mask, train=train)
         # ESPnet scales the embedding by sqrt(d) for both positional-encoding types
         x = x * jnp.sqrt(float(cfg.d_model))
@@ -162,12 +214,29 @@ class Conformer(nn.Module):
             x = x + sinusoidal_encoding(jnp.arange(x.shape[1]), cfg.d_model)
         x = Dropout(cfg.dropout, deterministic=not train)(x)
         for i in range(cfg.num_layers):
-            x = ConformerBlock(cfg, self.hrf, name=f"block_{i}")(x, mask, train=train)
+            x = self._drawn(ConformerBlock)(cfg, self.hrf, name=f"block_{i}")(x, mask,
+                                                                             train=train)
         if cfg.final_norm:
             x = nn.LayerNorm(cfg.ln_epsilon, name="ln_final")(x)
         # the encoder output, for parity checks: apply(..., mutable=["intermediates"])
         self.sow("intermediates", "encoder_out", x)
-        return self.hrf.dense(self.num_classes, "head", "classifier")(masked_mean(x, mask))
+        if self._espnet_draws():
+            classifier = hrf_dense_drawn_at_init(self.hrf, self.num_classes, "head",
+                                                 "classifier", self.make_rng("params"),
+                                                 torch_rule)
+        else:
+            classifier = self.hrf.dense(self.num_classes, "head", "classifier")
+        return classifier(masked_mean(x, mask))
+
+    def _espnet_draws(self) -> bool:
+        return self.cfg.init == "espnet" and self.is_initializing()
+
+    def _drawn(self, cls: type[nn.Module]) -> type[nn.Module]:
+        """``cls``, drawn at init as ESPnet's PyTorch modules under ``init="espnet"``, each
+        child from a key of its own."""
+        if not self._espnet_draws():
+            return cls
+        return drawn_at_init(cls, self.make_rng("params"), torch_rule, self.hrf.init)
 
 
 MODEL = Conformer  # the registry builds this class with (config, num_classes, HRFSpec)

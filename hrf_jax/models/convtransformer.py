@@ -17,10 +17,13 @@ but never applies it (``final_norm=False``). With those the eval-mode function i
 encoder followed by a masked time-mean and a linear classifier
 (``hrf_jax.convert.from_fairseq_convtransformer`` loads its weights) and the dropouts are
 fairseq's (0.1 on the embedding and residual branches, none on attention weights or the FFN
-activations). Left as they are:
-initialisation follows Flax (LeCun-normal kernels), not PyTorch's or fairseq's attention init;
-and each utterance of a padded batch gives its unpadded output here (``ceil(L/4)`` real
-frames), while fairseq's second conv reads the first one's outputs on padding.
+activations). ``init="fairseq"`` draws the parameters as fairseq does
+(``hrf_jax.models.torch_init``): PyTorch's defaults for the convs, ``out`` and the FFN's
+``fc1``/``fc2`` (plain ``nn.Linear`` in ``transformer_layer.py``), and
+``MultiheadAttention.reset_parameters`` for the attention (q/k/v xavier-uniform with gain
+``1/sqrt(2)``, out projection xavier-uniform with a zero bias). Left as it is: each
+utterance of a padded batch gives its unpadded output here (``ceil(L/4)`` real frames), while
+fairseq's second conv reads the first one's outputs on padding.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ from hrf_jax.attention import sinusoidal_encoding
 from hrf_jax.hrf import HRFSpec
 from hrf_jax.layers import Dropout, EncoderLayer
 from hrf_jax.masking import masked_mean
+from hrf_jax.models.torch_init import (
+    Rule,
+    drawn_at_init,
+    fairseq_rule,
+    hrf_dense_drawn_at_init,
+    torch_rule,
+)
 from hrf_jax.subsampling import ConvSubsampling
 
 Array = jax.Array
@@ -64,6 +74,9 @@ class ConvTransformerConfig:
     ln_epsilon: float = 1e-6
     attention_dropout: float = 0.0  # on the attention weights while training
     activation_dropout: float | None = None  # after the FFN activation; None: dropout
+    # "flax": flax initialisers; "fairseq": PyTorch's defaults and fairseq's attention init
+    # (see hrf_jax.models.torch_init)
+    init: str = "flax"
 
 
 CONFIGS = {
@@ -80,6 +93,7 @@ REFERENCE: dict[str, object] = {
     "pos_enc": "fairseq",
     "ln_epsilon": 1e-5,
     "activation_dropout": 0.0,
+    "init": "fairseq",
 }
 
 
@@ -113,9 +127,12 @@ class ConvTransformer(nn.Module):
         cfg = self.cfg
         if cfg.pos_enc not in ("sinusoid", "fairseq"):
             raise ValueError(f"pos_enc must be 'sinusoid' or 'fairseq', got {cfg.pos_enc!r}")
+        if cfg.init not in ("flax", "fairseq"):
+            raise ValueError(f"init must be 'flax' or 'fairseq', got {cfg.init!r}")
         channels = cfg.subsampling_channels or cfg.d_model
-        subsample = ConvSubsampling(channels, cfg.d_model, cfg.subsampling_padding,
-                                    cfg.subsampling_flatten, name="subsampling")
+        subsampling = self._drawn(ConvSubsampling, torch_rule)
+        subsample = subsampling(channels, cfg.d_model, cfg.subsampling_padding,
+                                cfg.subsampling_flatten, name="subsampling")
         x, mask = subsample(feats, mask, train=train)
         if cfg.pos_enc == "fairseq":
             pe = fairseq_sinusoidal_encoding(x.shape[1], cfg.d_model)
@@ -124,7 +141,7 @@ class ConvTransformer(nn.Module):
         x = x * jnp.sqrt(float(cfg.d_model)) + pe
         x = Dropout(cfg.dropout, deterministic=not train)(x)
         for i in range(cfg.num_layers):
-            x = EncoderLayer(
+            x = self._drawn(EncoderLayer, fairseq_rule)(
                 cfg.num_heads, cfg.ffn_dim, self.hrf, cfg.dropout, cfg.pre_ln,
                 ln_epsilon=cfg.ln_epsilon, attention_dropout=cfg.attention_dropout,
                 activation_dropout=cfg.activation_dropout, name=f"layer_{i}",
@@ -133,7 +150,23 @@ class ConvTransformer(nn.Module):
             x = nn.LayerNorm(cfg.ln_epsilon, name="ln_out")(x)
         # the encoder output, for parity checks: apply(..., mutable=["intermediates"])
         self.sow("intermediates", "encoder_out", x)
-        return self.hrf.dense(self.num_classes, "head", "classifier")(masked_mean(x, mask))
+        if self._fairseq_draws():
+            classifier = hrf_dense_drawn_at_init(self.hrf, self.num_classes, "head",
+                                                 "classifier", self.make_rng("params"),
+                                                 torch_rule)
+        else:
+            classifier = self.hrf.dense(self.num_classes, "head", "classifier")
+        return classifier(masked_mean(x, mask))
+
+    def _fairseq_draws(self) -> bool:
+        return self.cfg.init == "fairseq" and self.is_initializing()
+
+    def _drawn(self, cls: type[nn.Module], rule: Rule) -> type[nn.Module]:
+        """``cls``, drawn at init by ``rule`` under ``init="fairseq"``, each child from a
+        key of its own."""
+        if not self._fairseq_draws():
+            return cls
+        return drawn_at_init(cls, self.make_rng("params"), rule, self.hrf.init)
 
 
 MODEL = ConvTransformer  # the registry builds this class with (config, num_classes, HRFSpec)
