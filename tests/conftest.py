@@ -5,6 +5,7 @@ Compiled XLA programs are kept in a persistent cache shared by the workers and b
 subprocesses the tests start (CLI runs, notebooks), so a program is compiled once per machine.
 """
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      str(Path(tempfile.gettempdir()) / f"hrf_jax_tests_xla_{os.getuid()}"))
+# one cache per jax version: entries of another jaxlib crashed a resumed run (make test-min)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(
+    Path(tempfile.gettempdir())
+    / f"hrf_jax_tests_xla_{os.getuid()}_jax{importlib.metadata.version('jaxlib')}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
