@@ -40,17 +40,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hrf_jax.attention import sinusoidal_encoding
-from hrf_jax.hrf import HRFDense, HRFSpec
+from hrf_jax.hrf import HRFSpec
 from hrf_jax.layers import Dropout, EncoderLayer
 from hrf_jax.masking import masked_mean
+from hrf_jax.models.torch_init import drawn_at_init, hrf_dense_drawn_at_init, torch_rule
 
 Array = jax.Array
 
@@ -186,48 +185,12 @@ def merge_tokens(x: Array, mask: Array, size: int, padding: str = "masked"
     return jnp.where(m[..., None], x, 0).sum(2) / jnp.asarray(count, x.dtype), m.any(-1)
 
 
-def _uniform(key: Array, shape: tuple[int, ...], bound: float) -> Array:
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-
-
-def _redraw_linear(node: Mapping[str, Any], key: Array, fan_out_factor: int | None
-                   ) -> dict[str, Any]:
-    """A ``{kernel, bias}`` (HRF chains kept) drawn as torch does: bias +-1/sqrt(fan_in);
-    kernel xavier-uniform with ``fan_out * fan_out_factor``, or with ``None`` nn.Linear's
-    own +-1/sqrt(fan_in)."""
-    k_key, b_key = jax.random.split(key)
-    fan_in, fan_out = node["kernel"].shape
-    bound = (1 / math.sqrt(fan_in) if fan_out_factor is None
-             else math.sqrt(6 / (fan_in + fan_out * fan_out_factor)))
-    out = {**node, "kernel": _uniform(k_key, (fan_in, fan_out), bound)}
-    if "bias" in node:
-        out["bias"] = _uniform(b_key, (fan_out,), 1 / math.sqrt(fan_in))
-    return out
-
-
-def _official_layer(params: Mapping[str, Any], key: Array) -> dict[str, Any]:
-    """An ``EncoderLayer``'s params as the official ``_reset_parameters`` leaves them."""
-    keys = iter(jax.random.split(key, 6))
-    # q/k/v are thirds of one fused (C -> 3C) projection in the official code: its fans
-    linears = {"attn": {"query": 3, "key": 3, "value": 3, "out": 1}, "ffn": {"fc1": 1, "fc2": 1}}
-    out = dict(params)
-    for group, names in linears.items():
-        out[group] = {**params[group], **{
-            name: _redraw_linear(params[group][name], next(keys), factor)
-            for name, factor in names.items()}}
-    return out
-
-
-def _drawn_at_init(cls: type[nn.Module], key: Array,
-                   redraw: Callable[[Mapping[str, Any], Array], dict[str, Any]]
-                   ) -> type[nn.Module]:
-    """``cls`` whose freshly initialised ``params`` are replaced by ``redraw(params, key)``.
-
-    HRFDense and the shared layers draw with fixed flax initialisers; replacing their draws
-    at init keeps the official initialisation out of them. Same parameter tree.
-    """
-    return nn.map_variables(cls, "params", trans_out_fn=lambda v: {**v, "params": redraw(
-        v["params"], key)}, init=True, mutable=True)
+def official_rule(path: tuple[str, ...], fan_in: int, fan_out: int) -> tuple[float, float]:
+    """The official ``_reset_parameters`` on an encoder layer: xavier-uniform kernels (q/k/v
+    with the fans of the one fused ``C -> 3C`` projection they are thirds of), biases left at
+    nn.Linear's ``+-1/sqrt(fan_in)``."""
+    fused = 3 if path[-1] in ("query", "key", "value") else 1
+    return math.sqrt(6 / (fan_in + fan_out * fused)), 1 / math.sqrt(fan_in)
 
 
 class SpeechFormer(nn.Module):
@@ -241,13 +204,8 @@ class SpeechFormer(nn.Module):
         """``hrf.dense``, drawn as torch's nn.Linear at init under ``init="official"``."""
         if self.cfg.init == "flax" or not self.is_initializing():
             return self.hrf.dense(features, target, name)
-        cls = _drawn_at_init(HRFDense, self.make_rng("params"),
-                             lambda p, key: _redraw_linear(p, key, None))
-        # HRFSpec.dense's arguments: each spec field ``f`` is HRFDense's ``hrf_f``
-        options = {f"hrf_{f.name}": getattr(self.hrf, f.name)
-                   for f in dataclasses.fields(self.hrf) if f.name != "targets"}
-        options["hrf_ratio"] = self.hrf.ratio if target in self.hrf.targets else 0
-        return cls(features, **options, name=name)
+        return hrf_dense_drawn_at_init(self.hrf, features, target, name,
+                                       self.make_rng("params"), torch_rule)
 
     def _positions(self, length: int, d: int) -> Array:
         """The stage-1 positional encoding of ``length`` frames, ``(length, d)``."""
@@ -287,8 +245,8 @@ class SpeechFormer(nn.Module):
             for i in range(num):
                 layer_cls = EncoderLayer
                 if cfg.init == "official" and self.is_initializing():  # a key of its own
-                    layer_cls = _drawn_at_init(EncoderLayer, self.make_rng("params"),
-                                               _official_layer)
+                    layer_cls = drawn_at_init(EncoderLayer, self.make_rng("params"),
+                                              official_rule, self.hrf.init)
                 x = layer_cls(
                     cfg.num_heads,
                     int(round(cfg.ffn_ratio * d)),

@@ -1,4 +1,5 @@
-"""PyTorch-style parameter draws for the reference presets (``init="espnet"``/``"fairseq"``).
+"""PyTorch-style parameter draws for the reference presets (``init="official"`` of
+SpeechFormer, ``"espnet"``, ``"fairseq"``).
 
 The layers here draw with flax initialisers (LeCun-normal kernels, zero biases). A reference
 preset instead replaces those draws at init, child module by child module
