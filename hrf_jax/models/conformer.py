@@ -220,12 +220,9 @@ class Conformer(nn.Module):
             x = nn.LayerNorm(cfg.ln_epsilon, name="ln_final")(x)
         # the encoder output, for parity checks: apply(..., mutable=["intermediates"])
         self.sow("intermediates", "encoder_out", x)
-        if self._espnet_draws():
-            classifier = hrf_dense_drawn_at_init(self.hrf, self.num_classes, "head",
-                                                 "classifier", self.make_rng("params"),
-                                                 torch_rule)
-        else:
-            classifier = self.hrf.dense(self.num_classes, "head", "classifier")
+        key = self.make_rng("params") if self._espnet_draws() else None
+        classifier = hrf_dense_drawn_at_init(self.hrf, self.num_classes, "head", "classifier",
+                                             key, torch_rule)
         return classifier(masked_mean(x, mask))
 
     def _espnet_draws(self) -> bool:

@@ -150,12 +150,9 @@ class ConvTransformer(nn.Module):
             x = nn.LayerNorm(cfg.ln_epsilon, name="ln_out")(x)
         # the encoder output, for parity checks: apply(..., mutable=["intermediates"])
         self.sow("intermediates", "encoder_out", x)
-        if self._fairseq_draws():
-            classifier = hrf_dense_drawn_at_init(self.hrf, self.num_classes, "head",
-                                                 "classifier", self.make_rng("params"),
-                                                 torch_rule)
-        else:
-            classifier = self.hrf.dense(self.num_classes, "head", "classifier")
+        key = self.make_rng("params") if self._fairseq_draws() else None
+        classifier = hrf_dense_drawn_at_init(self.hrf, self.num_classes, "head", "classifier",
+                                             key, torch_rule)
         return classifier(masked_mean(x, mask))
 
     def _fairseq_draws(self) -> bool:

@@ -202,10 +202,9 @@ class SpeechFormer(nn.Module):
 
     def _dense(self, features: int, target: str, name: str) -> nn.Module:
         """``hrf.dense``, drawn as torch's nn.Linear at init under ``init="official"``."""
-        if self.cfg.init == "flax" or not self.is_initializing():
-            return self.hrf.dense(features, target, name)
+        drawn = self.cfg.init == "official" and self.is_initializing()
         return hrf_dense_drawn_at_init(self.hrf, features, target, name,
-                                       self.make_rng("params"), torch_rule)
+                                       self.make_rng("params") if drawn else None, torch_rule)
 
     def _positions(self, length: int, d: int) -> Array:
         """The stage-1 positional encoding of ``length`` frames, ``(length, d)``."""

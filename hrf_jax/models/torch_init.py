@@ -109,9 +109,12 @@ def drawn_at_init(cls: type[nn.Module], key: Array, rule: Rule, hrf_init: str
         **v, "params": redraw(v["params"], key, rule, hrf_init)}, init=True, mutable=True)
 
 
-def hrf_dense_drawn_at_init(spec: HRFSpec, features: int, target: str, name: str, key: Array,
-                            rule: Rule) -> nn.Module:
-    """``spec.dense(features, target, name)`` drawn by ``rule`` at init."""
+def hrf_dense_drawn_at_init(spec: HRFSpec, features: int, target: str, name: str,
+                            key: Array | None, rule: Rule) -> nn.Module:
+    """``spec.dense(features, target, name)`` drawn by ``rule`` from ``key`` at init;
+    ``key=None`` (not initialising, or a preset that keeps flax's draws): ``spec.dense``."""
+    if key is None:
+        return spec.dense(features, target, name)
     # HRFSpec.dense's arguments: each spec field ``f`` is HRFDense's ``hrf_f``
     options = {f"hrf_{f.name}": getattr(spec, f.name)
                for f in dataclasses.fields(spec) if f.name != "targets"}
