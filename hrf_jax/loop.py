@@ -232,12 +232,17 @@ def _select_and_save(t: _Training, state: TrainState, meta: dict[str, Any], epoc
 
 
 def _final_report(t: _Training, state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
-    """Validation and test metrics of the selected checkpoint, written to ``final.json``."""
+    """Validation and test metrics of the checkpoint selected on validation data and of the
+    final state (``*_last``: the endpoint that no selection can bias), written to
+    ``final.json``."""
     best_state, best_meta = restore_state(t.run.best_dir, state)
+    has_test = len(t.ds.test) > 0
     summary = {
         "selected": best_meta["best"],
         "validation": t.evaluate(best_state, t.ds.validation),
-        "test": t.evaluate(best_state, t.ds.test) if len(t.ds.test) else None,
+        "test": t.evaluate(best_state, t.ds.test) if has_test else None,
+        "validation_last": t.evaluate(state, t.ds.validation),
+        "test_last": t.evaluate(state, t.ds.test) if has_test else None,
         "history": meta["history"],
         "class_names": t.ds.class_names,
     }
