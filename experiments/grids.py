@@ -29,6 +29,9 @@ VARIANTS = {
     "light_hrf4_fp": {"size": "light", "hrf_ratio": 4, "hrf_init": "function_preserving"},
     "light_hrf4_nowd": {"size": "light", "hrf_ratio": 4},
     "light_hrf4_scale": {"size": "light", "hrf_ratio": 4, "hrf_norm": "scale"},
+    # between light and large where large does not fit the compute budget (the test-bed gate
+    # of the HRF study on 2 CPU cores): the light config, twice as wide
+    "medium": {"size": "light", "hrf_ratio": 0, "arch": "d_model=96"},
 }
 # variant -> overrides of the optimizer section (VARIANTS set the model section)
 VARIANT_OPTIMIZER = {
@@ -38,6 +41,8 @@ VARIANT_OPTIMIZER = {
 # dataset -> (folds, protocol, default epochs); folds=(-1,) means the corpus's fixed splits
 DATASETS = {
     "synthetic": ((-1,), "", 8),
+    # the HRF study's test bed (hrf_jax/data/synthetic.py, preset "headroom")
+    "synthetic_headroom": ((-1,), "", 6),
     "iemocap": ((0, 1, 2, 3, 4), "loso", 40),  # 5-fold leave-one-session-out
     "m3ed": ((-1,), "", 40),  # official split by TV series (manifest column `split`)
     "daic_woz": ((-1,), "", 40),  # AVEC 2017 train / dev (/ test) splits
@@ -46,11 +51,11 @@ DATASETS = {
 
 def get_grid(name: str) -> ml_collections.ConfigDict:
     """``<dataset>_<backbone>`` (e.g. ``iemocap_conformer``) or ``<dataset>_all``."""
-    dataset, _, backbone = name.partition("_")
-    if dataset == "daic":  # daic_woz_<backbone>
-        dataset, _, backbone = "daic_woz", None, backbone.removeprefix("woz_")
-    if dataset not in DATASETS:
+    # the longest dataset name that prefixes the grid name (daic_woz_..., synthetic_headroom_...)
+    dataset = max((d for d in DATASETS if name.startswith(d + "_")), key=len, default=None)
+    if dataset is None:
         raise ValueError(f"unknown dataset in grid {name!r}; choose from {sorted(DATASETS)}")
+    backbone = name.removeprefix(dataset + "_")
     backbones = BACKBONES if backbone == "all" else (backbone,)
     if any(b not in BACKBONES for b in backbones):
         raise ValueError(f"unknown backbone in grid {name!r}; choose from {BACKBONES} or 'all'")

@@ -168,14 +168,19 @@ def markdown_contrasts(contrasts: Sequence[Contrast], unit: str = "points") -> s
     return "\n".join(lines) + "\n"
 
 
-def scores_by_seed(result: Mapping, backbone: str, variant: str, metric: str = "ua"
-                   ) -> dict[int, float]:
+def scores_by_seed(result: Mapping, backbone: str, variant: str, metric: str = "ua",
+                   endpoint: str = "test") -> dict[int, float]:
     """Test ``metric`` in points of each seed of a grid result (``experiments.run``'s JSON),
-    averaged over the folds: the folds are the protocol, the seed is the replicate."""
+    averaged over the folds: the folds are the protocol, the seed is the replicate.
+    ``endpoint``: ``"test"`` (the checkpoint chosen on validation data) or ``"test_last"``
+    (the final state)."""
     per_seed: dict[int, list[float]] = {}
     for cell in result["cells"]:
         if cell["backbone"] == backbone and cell["variant"] == variant:
-            per_seed.setdefault(cell["seed"], []).append(100 * cell["test"][metric])
+            if cell.get(endpoint) is None:
+                raise ValueError(f"{backbone}/{variant} seed {cell['seed']}: no {endpoint!r} "
+                                 "metrics (a run finished before final.json kept them)")
+            per_seed.setdefault(cell["seed"], []).append(100 * cell[endpoint][metric])
     folds = {len(v) for v in per_seed.values()}
     if len(folds) > 1:
         raise ValueError(f"{backbone}/{variant}: seeds have different numbers of folds {folds}")

@@ -6,6 +6,7 @@ import ast
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -26,7 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
          "hrf_bias": True, "dropout": 0.1, "reference": False,
          # "scale" / "batchnorm": a per-channel norm after each HRF factor, folded by the
          # merge (RepVGG/DBB gain only with BatchNorm inside their training-time branches)
-         "hrf_norm": "none"}
+         "hrf_norm": "none",
+         # "field=value,...": fields of the backbone's size config replaced (parse_arch), e.g.
+         # "d_model=96,num_layers=6" for a model between light and large; "" = the size as is
+         "arch": ""}
     )
     # AdamW + warm-up + cosine is the default; "sgd" is SpeechFormer's recipe
     # (momentum 0.9, cosine decay).
@@ -89,6 +93,8 @@ def validate(config: ml_collections.ConfigDict, fields: Iterable[str] | None = N
     wanted = None if fields is None else set(fields)
     if (wanted is None or "optimizer.lr_scale" in wanted) and "lr_scale" in config.optimizer:
         parse_lr_scale(config.optimizer.lr_scale)
+    if (wanted is None or "model.arch" in wanted) and "arch" in config.model:
+        parse_arch(config.model.arch)
     for field, allowed in choices().items():
         if wanted is not None and field not in wanted:
             continue
@@ -119,6 +125,24 @@ def parse_lr_scale(text: str) -> list[tuple[str, float]]:
                              "with a finite factor >= 0, e.g. '*/fc1/*=5'")
         rules.append((glob.strip(), value))
     return rules
+
+
+def parse_arch(text: str) -> dict[str, Any]:
+    """``model.arch`` -> ``{field: value}``: ``"field=value,field=value"``, each value a Python
+    literal (``96``, ``0.1``, ``'rel'``); ``""`` is no override. Which fields exist is the
+    backbone's size config's business (``get_config`` names the unknown ones)."""
+    fields = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, eq, value = item.partition("=")
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = None
+        if not eq or not name.strip().isidentifier() or parsed is None:
+            raise ValueError(f"config.model.arch: {item!r} must look like field=literal, "
+                             "e.g. 'd_model=96,num_layers=6'")
+        fields[name.strip()] = parsed
+    return fields
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str):

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from hrf_jax.config import config_from_dict, load_config
+from hrf_jax.config import config_from_dict, load_config, parse_arch
 
 CONFIG_FILE = "config.json"
 RUN_INFO = "run_info.json"
@@ -236,7 +236,7 @@ def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, *, plain
     """``build_model`` from a config's ``model`` section (``plain=True``: no HRF)."""
     from hrf_jax.models import build_model
 
-    extra = {"fold_bn": True} if fold_bn else {}
+    extra = {**parse_arch(cfg.get("arch", "")), **({"fold_bn": True} if fold_bn else {})}
     return build_model(
         cfg.backbone, cfg.size, num_classes=num_classes, reference=cfg.get("reference", False),
         hrf_ratio=0 if plain else cfg.hrf_ratio,
@@ -257,10 +257,11 @@ def open_dataset(cfg: ml_collections.ConfigDict, *, prepare: bool = False) -> An
     """Opens the corpus and fold of a ``dataset`` section; ``prepare=True`` prepares it first
     when it can be (the synthetic corpus, or a ``manual_dir``/``manifest`` is given)."""
     from hrf_jax.data import ensure_prepared, load_dataset
+    from hrf_jax.data.registry import CORPORA
 
     data_dir = cfg.data_dir or None
     options = dataset_options(cfg)
-    if prepare and (cfg.name == "synthetic" or cfg.manual_dir or cfg.manifest):
+    if prepare and (CORPORA[cfg.name].needs is None or cfg.manual_dir or cfg.manifest):
         prep_opts = {k: v for k, v in options.items() if k != "manifest"}
         ensure_prepared(cfg.name, data_dir, manual_dir=cfg.manual_dir or None,
                         manifest=cfg.manifest or None, **prep_opts)

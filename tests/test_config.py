@@ -90,3 +90,20 @@ def test_the_config_module_imports_without_jax():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "heavy: []" in proc.stdout
+
+
+def test_model_arch_replaces_size_fields_and_bad_text_is_refused():
+    from hrf_jax.config import parse_arch
+    from hrf_jax.run import model_from_config
+
+    assert parse_arch("") == {}
+    assert parse_arch("d_model=96, num_layers=4") == {"d_model": 96, "num_layers": 4}
+    config = default_config()
+    apply_overrides(config, ["--config.model.arch=d_model=96"])
+    assert model_from_config(config.model, 4).cfg.d_model == 96
+    for bad in ("d_model", "d_model=ninety", "9x=1"):
+        with pytest.raises(ValueError, match="config.model.arch"):
+            parse_arch(bad)
+    config.model.arch = "d_model=96,depth=3"
+    with pytest.raises(ValueError, match="depth"):
+        model_from_config(config.model, 4)

@@ -58,7 +58,10 @@ def test_every_corpus_gets_a_builder_whose_folder_is_hrf_name(name):
 
 def test_synthetic_options_are_the_synthesizer_config_fields():
     defaults = {f.name: f.default for f in dataclasses.fields(SyntheticConfig)}
+    # the preset is the corpus (synthetic / synthetic_headroom), not one of its options
+    assert defaults.pop("preset") == "basic"
     assert defaults == dict(CORPORA["synthetic"].options)
+    assert set(CORPORA["synthetic_headroom"].options) == set(defaults)
 
 
 def test_only_daic_woz_is_scored_by_a_vote_per_group():
@@ -74,9 +77,9 @@ def test_a_corpus_without_its_source_fails_naming_the_flag(name, tmp_path):
 
 
 def test_unknown_corpus_names_the_choices(tmp_path):
-    with pytest.raises(ValueError, match="choose one of synthetic, iemocap"):
+    with pytest.raises(ValueError, match="choose one of synthetic, synthetic_headroom, iemocap"):
         prepare("timit", data_dir=tmp_path)
-    with pytest.raises(ValueError, match="choose one of synthetic, iemocap"):
+    with pytest.raises(ValueError, match="choose one of synthetic, synthetic_headroom, iemocap"):
         load_dataset("timit", tmp_path)
 
 

@@ -48,3 +48,46 @@ def test_tiny_grid_runs_resumes_and_writes_results(tiny_data_dir, tiny_overrides
     assert "light + HRF x4" in table and "±" in table
     assert main(args) == 0  # every cell finished: nothing is trained again
     assert "==" not in capsys.readouterr().out
+
+
+def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(tmp_path,
+                                                                                 monkeypatch):
+    import numpy as np
+
+    from experiments import hrf_study
+    from experiments.stats import bootstrap_mean_ci
+
+    grid = get_grid("synthetic_headroom_conformer")
+    assert grid.base.dataset.name == "synthetic_headroom" and grid.backbones == ("conformer",)
+    assert run_config(grid, "conformer", "medium", -1, 0).model.arch == "d_model=96"
+
+    rng = np.random.default_rng(0)
+    base = {"conformer": 0.50}
+    shift = {"light": 0.0, "medium": 0.08, "light_hrf4": 0.01, "light_lr5": 0.012}
+    cells = []
+    for variant, delta in shift.items():
+        for seed in range(6 if variant in ("light", "medium") else 10):
+            ua = base["conformer"] + delta + 0.002 * seed + 0.01 * rng.random()
+            cells.append({"backbone": "conformer", "variant": variant, "fold": -1,
+                          "seed": seed, "test": {"ua": ua - 0.01}, "test_last": {"ua": ua}})
+    monkeypatch.setattr(hrf_study, "collect", lambda workdir: {
+        "cells": cells, "machine": {"platform": "p", "jax": "j", "devices": ["cpu"]}})
+    monkeypatch.setattr(hrf_study, "reference_classifiers", lambda workdir: {
+        "probe": {"ua": 0.30}, "oracle": {"ua": 0.70}, "corpus_options": {}})
+    study = hrf_study.report(tmp_path, tmp_path)
+    on_disk = json.loads((tmp_path / "hrf_study.json").read_text())
+    assert on_disk["gate"] == json.loads(json.dumps(study["gate"]))
+    gate = study["gate"]
+    # light and medium pair on seeds 0-5; the medium model is 8 points better in every seed
+    assert gate["large_vs_light"]["seeds"] == list(range(6))
+    assert gate["large_vs_light"]["pass"] and gate["light_vs_probe"]["pass"]
+    assert gate["oracle_vs_large"]["pass"] and gate["passed"]
+    hrf = study["contrasts"]["hrf4_vs_light"]
+    assert hrf["seeds"] == list(range(6))  # only the seeds both variants ran
+    assert np.isclose(hrf["mean"], np.mean(hrf["delta_ua"]), atol=1e-3)
+    assert np.allclose(hrf["ci95"], bootstrap_mean_ci(hrf["primary"]["delta_ua"]), atol=1e-2)
+    assert np.allclose(hrf["delta_ua"], np.subtract(hrf["primary"]["b_ua"],
+                                                    hrf["primary"]["a_ua"]), atol=1e-3)
+    assert study["contrasts"]["hrf4_vs_lr_control"]["seeds"] == list(range(10))
+    assert "hrf4_fp_vs_light" not in study["contrasts"]  # no runs: no row
+    assert "Gate passed: **True**" in (tmp_path / "hrf_study.md").read_text()

@@ -85,6 +85,12 @@ def read_synthetic(source: None, skips: SkipLog, classes: tuple[str, ...],
     return items
 
 
+def read_synthetic_headroom(source: None, skips: SkipLog, classes: tuple[str, ...],
+                            **config) -> list[SourceItem]:
+    """The synthetic corpus's `headroom` preset (the HRF study's test bed)."""
+    return read_synthetic(source, skips, classes, preset="headroom", **config)
+
+
 def _synthetic_wave(cfg: synthetic.SyntheticConfig, index: int) -> np.ndarray:
     # Module level so that the items pickle into extraction worker processes.
     return synthetic.synthesize(cfg, index)[0]

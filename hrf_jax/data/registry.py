@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # annotations only: corpora imports soundfile and JAX
     from hrf_jax.data.corpora import SkipLog, SourceItem
 
 SYNTHETIC_CLASSES = ("neutral", "happy", "angry", "sad")
+HEADROOM_CLASSES = (*SYNTHETIC_CLASSES, "fear", "boredom")
 IEMOCAP_CLASSES = ("ang", "hap", "neu", "sad")
 DAIC_CLASSES = ("not_depressed", "depressed")  # PHQ8_Binary 0 / 1
 M3ED_CLASSES = ("happy", "surprise", "sad", "disgust", "anger", "fear", "neutral")
@@ -28,6 +29,10 @@ CREMAD_CLASSES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 # The defaults of hrf_jax.data.synthetic.SyntheticConfig, which reads them from here.
 SYNTHETIC_OPTIONS = {"num_utterances": 2400, "num_speakers": 24, "seed": 0, "difficulty": 1.0,
                      "min_seconds": 1.0, "max_seconds": 6.0}
+# The HRF study's test bed (synthetic preset "headroom"): more speakers and utterances, 1.2-2.8 s
+# long so that a 1.6 s training crop holds most of the emotional stretch and its context.
+HEADROOM_OPTIONS = {**SYNTHETIC_OPTIONS, "num_utterances": 4800, "num_speakers": 48,
+                    "min_seconds": 1.2, "max_seconds": 2.8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,9 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
     Corpus("synthetic", "the embedded synthetic corpus (hrf_jax/data/synthetic.py)",
            reader=f"{_READERS}:read_synthetic", classes=SYNTHETIC_CLASSES,
            options=SYNTHETIC_OPTIONS),
+    Corpus("synthetic_headroom", "the synthetic corpus's harder preset, the HRF study's test "
+           "bed (hrf_jax/data/synthetic.py)", reader=f"{_READERS}:read_synthetic_headroom",
+           classes=HEADROOM_CLASSES, options=HEADROOM_OPTIONS),
     Corpus("iemocap", "IEMOCAP scripted and improvised turns",
            reader=f"{_READERS}:read_iemocap", classes=IEMOCAP_CLASSES,
            options={"classes": IEMOCAP_CLASSES, "merge_exc": True},

@@ -11,6 +11,13 @@ early accent peaks, happiness wide smooth rising accents. Every utterance blends
 profile with a random mixture of the others and adds per-speaker and per-utterance spread;
 `difficulty` scales both, so classes overlap and model capacity matters.
 
+The `headroom` preset (corpus `synthetic_headroom`) is the test bed of the HRF study: six
+classes (adding fear and boredom, Banse & Scherer 1996), per-speaker offsets of every emotion
+parameter, the emotion expressed in one stretch of the utterance only (the rest is the
+speaker's neutral voice, so part of the cue is a contrast inside the utterance), and a
+random channel (band limits, equalisation) and coloured noise per utterance. It exists so
+that a bigger model has something to gain over a light one (see experiments/README.md).
+
 It exists so that the whole pipeline (prepare, train, HRF merge, export) runs and means
 something without licensed corpora; it is not a substitute for real speech.
 """
@@ -22,8 +29,11 @@ import dataclasses
 import numpy as np
 
 from hrf_jax.audio import SAMPLE_RATE
+from hrf_jax.data.registry import HEADROOM_CLASSES
 from hrf_jax.data.registry import SYNTHETIC_CLASSES as CLASS_NAMES
 from hrf_jax.data.registry import SYNTHETIC_OPTIONS as _DEFAULTS
+
+PRESETS = {"basic": CLASS_NAMES, "headroom": HEADROOM_CLASSES}  # preset -> class names
 
 # Class profiles, one column per class in CLASS_NAMES order, and the within-class spread
 # (standard deviation at difficulty 1) of each parameter.
@@ -41,6 +51,16 @@ _PROFILE = {
     "breath_db": ((-26.0, -22.0, -30.0, -13.0), 4.0),  # aspiration noise re. voicing
     "pause": ((0.10, 0.07, 0.05, 0.25), 0.05),  # probability of a pause after a syllable
 }
+# The headroom preset's two further classes (fear: high, narrow, fast, tense; boredom: low,
+# flat, slow, soft), same parameters and order as _PROFILE.
+_EXTRA_PROFILE = {
+    #                 fear   boredom
+    "f0_st": (5.5, -1.0), "f0_range": (2.0, 0.8), "decl": (0.8, -0.6), "peak_pos": (0.35, 0.5),
+    "rate": (5.6, 3.3), "level_db": (1.0, -3.0), "tilt": (-9.0, -13.5),
+    "jitter": (0.018, 0.006), "shimmer": (0.06, 0.035), "breath_db": (-16.0, -24.0),
+    "pause": (0.12, 0.15),
+}
+LATENTS = tuple(_PROFILE)  # the emotion parameters `latents` returns, in this order
 
 # Formants (Hz) and bandwidths of five vowels for an adult male vocal tract (Peterson & Barney).
 _VOWELS = np.array([
@@ -63,8 +83,16 @@ class SyntheticConfig:
     difficulty: float = _DEFAULTS["difficulty"]  # 0: prototypical classes; larger: more overlap
     min_seconds: float = _DEFAULTS["min_seconds"]
     max_seconds: float = _DEFAULTS["max_seconds"]
+    preset: str = "basic"  # "headroom": the HRF study's test bed (module docstring)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return PRESETS[self.preset]
 
     def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown synthetic preset {self.preset!r}; choose from "
+                             f"{', '.join(PRESETS)}")
         if self.num_speakers < 3:
             raise ValueError("synthetic needs >= 3 speakers (train/validation/test by speaker)")
         if not 0 < self.min_seconds <= self.max_seconds:
@@ -85,29 +113,95 @@ def speaker_split(speaker: int, num_speakers: int) -> str:
 def _speaker_traits(cfg: SyntheticConfig, speaker: int) -> dict:
     rng = np.random.default_rng([cfg.seed, 1, speaker])
     female = speaker % 2 == 0  # alternate genders so every split is balanced
+    wide = 1.5 if cfg.preset == "headroom" else 1.0  # headroom: speakers differ more
     return {
-        "f0": (205.0 if female else 118.0) * np.exp(rng.normal(0.0, 0.1)),
+        "f0": (205.0 if female else 118.0) * np.exp(rng.normal(0.0, 0.1 * wide)),
         "vtl": (1.16 if female else 1.0) * np.exp(rng.normal(0.0, 0.04)),  # formant scale
-        "tilt": rng.normal(0.0, 1.5),
-        "rate": np.exp(rng.normal(0.0, 0.1)),
-        "breath_db": rng.normal(0.0, 3.0),
+        "tilt": rng.normal(0.0, 1.5 * wide),
+        "rate": np.exp(rng.normal(0.0, 0.1 * wide)),
+        "breath_db": rng.normal(0.0, 3.0 * wide),
         "level_db": rng.normal(0.0, 2.0),
     }
+
+
+def _profile(cfg: SyntheticConfig) -> dict:
+    if cfg.preset == "basic":
+        return _PROFILE
+    return {k: ((*means, *_EXTRA_PROFILE[k]), spread) for k, (means, spread) in _PROFILE.items()}
+
+
+def _speaker_offsets(cfg: SyntheticConfig, speaker: int) -> dict:
+    """Headroom: the speaker's own offset of every emotion parameter (its habitual pitch,
+    rate, voice quality), half the within-class spread, the same for all its classes."""
+    rng = np.random.default_rng([cfg.seed, 4, speaker])
+    return {k: 0.5 * spread * rng.normal() for k, (_, spread) in _PROFILE.items()}
 
 
 def utterance_plan(cfg: SyntheticConfig, index: int) -> tuple[int, int]:
     """(label, speaker) of utterance `index`: speakers round-robin, classes balanced per speaker."""
     speaker = index % cfg.num_speakers
-    label = (index // cfg.num_speakers + speaker) % len(CLASS_NAMES)
+    label = (index // cfg.num_speakers + speaker) % len(cfg.class_names)
     return label, speaker
 
 
-def _emotion_params(rng: np.random.Generator, label: int, difficulty: float) -> dict:
+def _emotion_params(rng: np.random.Generator, label: int, difficulty: float,
+                    profile: dict) -> dict:
+    n = len(next(iter(profile.values()))[0])
     blend = rng.uniform(0.0, min(0.9, 0.45 * difficulty))
-    weights = (1.0 - blend) * np.eye(len(CLASS_NAMES))[label] + blend * rng.dirichlet(
-        np.ones(len(CLASS_NAMES)))
+    weights = (1.0 - blend) * np.eye(n)[label] + blend * rng.dirichlet(np.ones(n))
     return {k: float(weights @ np.asarray(means) + spread * difficulty * rng.normal())
-            for k, (means, spread) in _PROFILE.items()}
+            for k, (means, spread) in profile.items()}
+
+
+def latents(cfg: SyntheticConfig, index: int) -> np.ndarray:
+    """The emotion parameters (``LATENTS`` order) utterance ``index`` was generated from,
+    before speaker offsets: what an oracle that saw the generator, not the audio, knows."""
+    label, _ = utterance_plan(cfg, index)
+    rng = np.random.default_rng([cfg.seed, 2, index])
+    p = _emotion_params(rng, label, cfg.difficulty, _profile(cfg))
+    return np.array([p[k] for k in LATENTS])
+
+
+class _Expression:
+    """Where in the utterance the emotion is expressed: everywhere (basic), or one stretch of
+    50-80 % of it with 100 ms raised-cosine ramps, the speaker's neutral voice elsewhere
+    (headroom). ``value(name, at)`` is the parameter at sample ``at``."""
+
+    def __init__(self, cfg: SyntheticConfig, emotion: dict, speaker: int, index: int, n: int):
+        self.weight = None
+        self.emotion = emotion
+        if cfg.preset == "basic":
+            return
+        rng = np.random.default_rng([cfg.seed, 3, index])
+        offsets = _speaker_offsets(cfg, speaker)
+        neutral = {k: means[0] + 0.5 * spread * cfg.difficulty * rng.normal()
+                   for k, (means, spread) in _PROFILE.items()}
+        self.emotion = {k: v + offsets[k] for k, v in emotion.items()}
+        self.neutral = {k: v + offsets[k] for k, v in neutral.items()}
+        width = rng.uniform(0.5, 0.8) * n
+        start = rng.uniform(0.0, n - width)
+        ramp = 0.1 * SAMPLE_RATE
+        t = np.arange(n)
+        rise = np.clip((t - start) / ramp, 0.0, 1.0)
+        fall = np.clip((start + width - t) / ramp, 0.0, 1.0)
+        self.weight = 0.5 - 0.5 * np.cos(np.pi * np.minimum(rise, fall))
+
+    def gain(self, at: int) -> float:
+        """Headroom: the amplitude of the segment at ``at`` re. the neutral voice."""
+        if self.weight is None:
+            return 1.0
+        return 10.0 ** ((self.value("level_db", at) - self.neutral["level_db"]) / 20.0)
+
+    def level_db(self) -> float:
+        """The level the utterance is scaled to: its emotion's (basic) or, as the emotional
+        stretch carries its own gain, the neutral voice's (headroom)."""
+        return self.emotion["level_db"] if self.weight is None else self.neutral["level_db"]
+
+    def value(self, name: str, at: int | np.ndarray | None = None):
+        if self.weight is None:
+            return self.emotion[name]
+        w = self.weight if at is None else self.weight[np.minimum(at, self.weight.size - 1)]
+        return w * self.emotion[name] + (1.0 - w) * self.neutral[name]
 
 
 def _fft_filter(signal: np.ndarray, gain_fn, tail: int) -> np.ndarray:
@@ -141,56 +235,60 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
     label, speaker = utterance_plan(cfg, index)
     rng = np.random.default_rng([cfg.seed, 2, index])
     spk = _speaker_traits(cfg, speaker)
-    p = _emotion_params(rng, label, cfg.difficulty)
+    p = _emotion_params(rng, label, cfg.difficulty, _profile(cfg))
     sr = SAMPLE_RATE
     span = cfg.max_seconds - cfg.min_seconds
     n = int(sr * (cfg.min_seconds + span * rng.beta(1.6, 2.4)))
-    rate = max(1.5, p["rate"] * spk["rate"])
+    expr = _Expression(cfg, p, speaker, index, n)
 
     # Segment timeline: (start, length, kind, vowel) with kind 0 consonant, 1 vowel.
     segments, t = [], int(sr * rng.uniform(0.05, 0.15))
     while t < n - int(0.1 * sr):
+        rate = max(1.5, expr.value("rate", t) * spk["rate"])
         syll = int(sr / rate * np.exp(rng.normal(0.0, 0.2)))
         cons = int(syll * rng.uniform(0.15, 0.35)) if rng.random() < 0.75 else 0
         if cons:
             segments.append((t, cons, 0, 0))
         segments.append((t + cons, syll - cons, 1, int(rng.integers(len(_VOWELS)))))
-        t += syll
-        if rng.random() < np.clip(p["pause"], 0.0, 0.6):
-            t += int(sr * rng.uniform(0.12, 0.35))
+        if rng.random() < np.clip(expr.value("pause", t), 0.0, 0.6):
+            t += syll + int(sr * rng.uniform(0.12, 0.35))
+        else:
+            t += syll
     segments = [(s, min(ln, n - s), k, v) for s, ln, k, v in segments if n - s > 8]
     vowels = [s for s in segments if s[2] == 1]
 
     # F0 contour (semitones re. speaker base): declination + one accent bump per vowel.
     time = np.arange(n) / sr
-    semis = p["f0_st"] + p["decl"] * (time - time[-1] / 2) + 0.3 * np.sin(2 * np.pi * 5.0 * time)
-    peak = float(np.clip(p["peak_pos"], 0.05, 0.95))
+    semis = (expr.value("f0_st") + expr.value("decl") * (time - time[-1] / 2)
+             + 0.3 * np.sin(2 * np.pi * 5.0 * time))
     for start, length, _, _ in vowels:
+        peak = float(np.clip(expr.value("peak_pos", start), 0.05, 0.95))
         u = np.clip((np.arange(length) / max(length, 1) - peak) / 0.5, -1.0, 1.0)
-        semis[start:start + length] += max(p["f0_range"], 0.0) * rng.uniform(0.4, 1.0) * (
-            0.5 + 0.5 * np.cos(np.pi * u))
+        semis[start:start + length] += max(expr.value("f0_range", start), 0.0) * rng.uniform(
+            0.4, 1.0) * (0.5 + 0.5 * np.cos(np.pi * u))
     f0 = np.clip(spk["f0"] * 2.0 ** (semis / 12.0), 60.0, 600.0)
 
     # Glottal pulses: one per F0 period, jittered in time and shimmered in amplitude.
     phase = np.cumsum(f0 / sr)
     pulse_at = np.flatnonzero(np.diff(np.floor(phase)) > 0) + 1
-    jitter = max(p["jitter"], 0.0) * rng.standard_normal(pulse_at.size) * sr / f0[pulse_at]
+    jitter = np.maximum(expr.value("jitter", pulse_at), 0.0) * rng.standard_normal(
+        pulse_at.size) * sr / f0[pulse_at]
     pulse_at = np.clip(np.round(pulse_at + jitter).astype(np.int64), 0, n - 1)
     excitation = np.zeros(n)
-    np.add.at(excitation, pulse_at, 1.0 + max(p["shimmer"], 0.0) * rng.standard_normal(
-        pulse_at.size))
-    breath = 10.0 ** ((p["breath_db"] + spk["breath_db"]) / 20.0) * 0.1
+    np.add.at(excitation, pulse_at, 1.0 + np.maximum(expr.value("shimmer", pulse_at), 0.0)
+              * rng.standard_normal(pulse_at.size))
 
-    tilt = p["tilt"] + spk["tilt"]
     out = np.zeros(n + sr // 10)
     tail = sr // 50
     for start, length, kind, vowel in segments:
         if kind == 1:
             formants = _VOWELS[vowel] * spk["vtl"] * np.exp(rng.normal(0.0, 0.05, 4))
             src = excitation[start:start + length]
+            breath = 10.0 ** ((expr.value("breath_db", start) + spk["breath_db"]) / 20.0) * 0.1
             noise = rng.standard_normal(length) * breath
+            tilt = expr.value("tilt", start) + spk["tilt"]
 
-            def voiced(f, formants=formants):
+            def voiced(f, formants=formants, tilt=tilt):
                 return _formant_gain(f, formants) * (np.maximum(f, 100.0) / 100.0) ** (
                     tilt / 6.02)
 
@@ -208,12 +306,37 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
 
             seg = _fft_filter(rng.standard_normal(length), band, tail) * rng.uniform(0.2, 0.8)
             seg *= _fade(seg.size, sr // 400)
-        out[start:start + seg.size] += seg
+        out[start:start + seg.size] += seg * expr.gain(start)
     out = out[:n]
 
     rms = np.sqrt(np.mean(out**2)) + 1e-9
     # Recording gain varies per utterance, so intensity alone is an unreliable cue.
-    level_db = p["level_db"] + spk["level_db"] + rng.normal(0.0, 3.0 * cfg.difficulty)
+    level_db = expr.level_db() + spk["level_db"] + rng.normal(0.0, 3.0 * cfg.difficulty)
     wave = out / rms * 0.05 * 10.0 ** (level_db / 20.0)
+    if cfg.preset == "headroom":
+        wave = _channel(np.random.default_rng([cfg.seed, 5, index]), wave)
     wave += rng.standard_normal(n) * 10.0 ** (rng.uniform(-62.0, -48.0) / 20.0)
     return np.clip(wave, -1.0, 1.0).astype(np.float32), label, speaker
+
+
+def _channel(rng: np.random.Generator, wave: np.ndarray) -> np.ndarray:
+    """Headroom: a random recording channel (telephone band or random low/high cuts, an
+    equalisation slope) and coloured noise (spectral slope 0-2, 1/f^a) at 15-40 dB SNR."""
+    if rng.random() < 0.2:
+        low, high = 300.0, 3400.0
+    else:
+        low, high = rng.uniform(40.0, 200.0), rng.uniform(4000.0, 7800.0)
+    slope = rng.uniform(-3.0, 3.0)  # dB per octave around 1 kHz
+
+    def response(f):
+        f = np.maximum(f, 1.0)
+        edges = 1.0 / np.sqrt((1.0 + (low / f) ** 4) * (1.0 + (f / high) ** 8))
+        return edges * (f / 1000.0) ** (slope / 6.02)
+
+    out = _fft_filter(wave, response, 0)
+    colour = rng.uniform(0.0, 2.0)
+    noise = _fft_filter(rng.standard_normal(wave.size),
+                        lambda f: np.maximum(f, 20.0) ** (-colour / 2.0), 0)
+    snr_db = rng.uniform(15.0, 40.0)
+    noise *= np.sqrt(np.mean(out**2) / (np.mean(noise**2) + 1e-12)) * 10.0 ** (-snr_db / 20.0)
+    return out + noise

@@ -1,0 +1,254 @@
+"""The HRF study of issue #13: does HRF make a light model better, and is it more than a
+learning-rate effect? Paired by seed, on a test bed with demonstrated headroom.
+
+    python -m experiments.hrf_study train --variants light medium --seeds 0 1 2 3 4
+    python -m experiments.hrf_study train --variants light light_hrf4 light_lr5 --seeds 0 ... 9
+    python -m experiments.hrf_study report
+
+``train`` runs the missing cells seed by seed (every variant of seed 0, then of seed 1, ...,
+so an interrupted study leaves paired runs); each cell is an ``experiments.run`` cell of the
+grid ``synthetic_headroom_conformer`` with the test-bed recipe ``TESTBED`` and resumes from
+its checkpoint. ``report`` writes ``experiments/results/hrf_study.json`` and ``.md``: the
+test-bed gate (``GATE``) and every contrast of ``CONTRASTS`` whose runs exist, from the
+per-seed values it lists. Variants a seed pairs with must share that seed's data order and
+initial values: the data order depends on ``train.seed`` only, and flax draws every
+parameter from the seed and its path, so the plain model's tensors equal the HRF model's
+tensors of the same name.
+
+The primary endpoint is test UA of the final state (``test_last``); test UA of the
+checkpoint chosen on validation UA is secondary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.grids import VARIANTS, get_grid, run_config
+from experiments.run import RESULTS, run_grid
+from experiments.stats import contrast, scores_by_seed
+
+GRID = "synthetic_headroom_conformer"
+BACKBONE = "conformer"
+RECIPE = "AdamW, lr 1e-3, 5 % warm-up, cosine to 1e-5, weight decay 1e-2, clip 1.0, batch 32"
+# The test-bed recipe, fixed with the plain light and medium models only, before any HRF run
+# (git history: the commit that added it precedes every HRF result).
+TESTBED = {"train.max_frames": 160, "train.epochs": 6}
+# name -> (a, b): the contrast b - a in UA points, paired by seed
+CONTRASTS = {
+    "hrf4_vs_light": ("light", "light_hrf4"),
+    "lr_control_vs_light": ("light", "light_lr5"),
+    "hrf4_vs_lr_control": ("light_lr5", "light_hrf4"),
+    "hrf4_fp_vs_light": ("light", "light_hrf4_fp"),
+    "hrf4_scale_vs_light": ("light", "light_hrf4_scale"),
+    "hrf4_nowd_vs_light": ("light", "light_hrf4_nowd"),
+}
+GATE_MODEL = "medium"  # the bigger plain model of the gate (large does not fit 2 CPU cores)
+GATE = {"large_vs_light": 5.0, "light_vs_probe": 10.0, "oracle_vs_large": 5.0}  # points
+MIN_GATE_SEEDS = 5
+
+
+def overrides() -> list[str]:
+    return [f"--config.{k}={v}" for k, v in TESTBED.items()]
+
+
+def train(variants: Sequence[str], seeds: Sequence[int], workdir: Path) -> None:
+    """Every missing (variant, seed) cell, seed-major."""
+    grid = get_grid(GRID)
+    grid.variants = tuple(variants)
+    for seed in seeds:
+        grid.seeds = (seed,)
+        run_grid(grid, workdir, overrides())
+
+
+def collect(workdir: Path) -> dict[str, Any]:
+    """The finished cells of every variant (``experiments.run``'s result dict)."""
+    grid = get_grid(GRID)
+    grid.variants = tuple(VARIANTS)
+    grid.seeds = tuple(range(100))
+    return run_grid(grid, workdir, overrides(), collect_only=True)
+
+
+def reference_classifiers(workdir: Path) -> dict[str, Any]:
+    """Probe and oracle test UA on the test bed, cached next to the runs (about 2 min)."""
+    cache = workdir / "synthetic_headroom" / "reference_classifiers.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from experiments.testbed import oracle_ua, probe_ua
+    from hrf_jax.data.registry import get_corpus
+    from hrf_jax.data.synthetic import SyntheticConfig
+    from hrf_jax.run import open_dataset
+
+    config = run_config(get_grid(GRID), BACKBONE, "light", -1, 0)
+    ds = open_dataset(config.dataset, prepare=True)
+    # the prepared corpus's options: the registry's defaults and what was set otherwise
+    options = {**get_corpus(config.dataset.name).options,
+               **json.loads((ds.path / "hrf_options.json").read_text())["options"]}
+    synthetic = SyntheticConfig(preset="headroom", **{
+        k: v for k, v in options.items() if k in SyntheticConfig.__dataclass_fields__})
+    refs = {"probe": probe_ua(ds), "oracle": oracle_ua(ds, synthetic),
+            "corpus_options": options}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(refs, indent=2))
+    return refs
+
+
+def _contrast_entry(result: dict, a: str, b: str, name: str) -> dict[str, Any] | None:
+    entry: dict[str, Any] = {"backbone": BACKBONE, "recipe": RECIPE, "a": a, "b": b}
+    for endpoint, key in (("test_last", "primary"), ("test", "secondary")):
+        sa = scores_by_seed(result, BACKBONE, a, endpoint=endpoint)
+        sb = scores_by_seed(result, BACKBONE, b, endpoint=endpoint)
+        common = sorted(set(sa) & set(sb))
+        if len(common) < 2:
+            return None
+        c = contrast(name, {s: sa[s] for s in common}, {s: sb[s] for s in common})
+        entry[key] = {"endpoint": endpoint, "seeds": list(c.seeds),
+                      "delta_ua": [round(x, 4) for x in c.diffs], "mean": c.mean,
+                      "ci95": list(c.ci), "p_wilcoxon": c.p_wilcoxon, "p_tost_1pt": c.p_tost,
+                      "a_ua": [sa[s] for s in common], "b_ua": [sb[s] for s in common]}
+    # the issue's field names at the top level: the primary endpoint
+    entry.update({k: entry["primary"][k] for k in
+                  ("seeds", "delta_ua", "mean", "ci95", "p_wilcoxon")})
+    return entry
+
+
+def gate(result: dict, refs: dict) -> dict[str, Any]:
+    light = scores_by_seed(result, BACKBONE, "light", endpoint="test_last")
+    big = scores_by_seed(result, BACKBONE, GATE_MODEL, endpoint="test_last")
+    out: dict[str, Any] = {"model": f"{GATE_MODEL}: {VARIANTS[GATE_MODEL]}",
+                           "thresholds_points": GATE}
+    paired = _contrast_entry(result, "light", GATE_MODEL, "large_vs_light")
+    if paired is not None:
+        out["large_vs_light"] = {**paired, "pass": bool(
+            paired["mean"] >= GATE["large_vs_light"] and paired["ci95"][0] > 0
+            and len(paired["seeds"]) >= MIN_GATE_SEEDS)}
+    probe, oracle = 100 * refs["probe"]["ua"], 100 * refs["oracle"]["ua"]
+    if light:
+        light_mean = float(np.mean(list(light.values())))
+        out["light_vs_probe"] = {"light_ua": light_mean, "probe_ua": probe,
+                                 "diff": light_mean - probe,
+                                 "pass": light_mean - probe >= GATE["light_vs_probe"]}
+    if big:
+        big_mean = float(np.mean(list(big.values())))
+        out["oracle_vs_large"] = {"oracle_ua": oracle, "large_ua": big_mean,
+                                  "diff": oracle - big_mean,
+                                  "pass": oracle - big_mean >= GATE["oracle_vs_large"]}
+    out["passed"] = all(out.get(k, {}).get("pass", False) for k in GATE)
+    return out
+
+
+def report(workdir: Path, results_dir: Path) -> dict[str, Any]:
+    result = collect(workdir)
+    refs = reference_classifiers(workdir)
+    contrasts = {}
+    for name, (a, b) in CONTRASTS.items():
+        entry = _contrast_entry(result, a, b, name)
+        if entry is not None:
+            contrasts[name] = entry
+    runs: dict[str, list[int]] = {}
+    for cell in result["cells"]:
+        runs.setdefault(cell["variant"], []).append(cell["seed"])
+    study = {
+        "command": " ".join(["python -m experiments.hrf_study", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": _git_head(),
+        "machine": {**result["machine"], "cpus": os.cpu_count(),
+                    "processor": platform.processor()},
+        "testbed": {"grid": GRID, "recipe": RECIPE, "overrides": TESTBED,
+                    "corpus_options": refs["corpus_options"]},
+        "gate": gate(result, refs),
+        "reference_classifiers": {k: refs[k] for k in ("probe", "oracle")},
+        "runs": {k: sorted(v) for k, v in runs.items()},
+        "contrasts": contrasts,
+        "cells": result["cells"],
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "hrf_study.json").write_text(json.dumps(study, indent=2) + "\n")
+    (results_dir / "hrf_study.md").write_text(markdown(study))
+    return study
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def markdown(study: dict) -> str:
+    g = study["gate"]
+    lines = ["# The HRF study (issue #13): Conformer light on the headroom test bed", "",
+             f"Command: `{study['command']}` at commit {study['commit']}, {study['date']}; "
+             f"{study['machine']['cpus']} CPUs, {study['machine']['platform']}, "
+             f"jax {study['machine']['jax']}.  ",
+             f"Test bed: grid `{study['testbed']['grid']}`, {study['testbed']['recipe']}, "
+             f"overrides {study['testbed']['overrides']}.  ",
+             "UA in points; primary endpoint: test UA of the final state; secondary: test UA "
+             "of the checkpoint chosen on validation UA. Contrasts are b - a, paired by seed; "
+             "95 % CI: percentile bootstrap of the mean (10,000 resamples); Wilcoxon: exact "
+             "two-sided signed-rank; TOST: paired t, equivalence margin ±1 point.", "",
+             "## Gate", "", "| check | value | threshold | pass |", "|---|---|---|---|"]
+    if "large_vs_light" in g:
+        e = g["large_vs_light"]
+        lines.append(f"| {g['model']} - light ({len(e['seeds'])} seeds) | {e['mean']:+.2f} "
+                     f"[{e['ci95'][0]:+.2f}, {e['ci95'][1]:+.2f}] | >= "
+                     f"{g['thresholds_points']['large_vs_light']:g}, CI > 0, >= "
+                     f"{MIN_GATE_SEEDS} seeds | {e['pass']} |")
+    if "light_vs_probe" in g:
+        e = g["light_vs_probe"]
+        lines.append(f"| light ({e['light_ua']:.2f}) - mean+std probe ({e['probe_ua']:.2f}) | "
+                     f"{e['diff']:+.2f} | >= {g['thresholds_points']['light_vs_probe']:g} | "
+                     f"{e['pass']} |")
+    if "oracle_vs_large" in g:
+        e = g["oracle_vs_large"]
+        lines.append(f"| oracle ({e['oracle_ua']:.2f}) - {GATE_MODEL} ({e['large_ua']:.2f}) | "
+                     f"{e['diff']:+.2f} | >= {g['thresholds_points']['oracle_vs_large']:g} | "
+                     f"{e['pass']} |")
+    lines += ["", f"Gate passed: **{g['passed']}**", "", "## Contrasts", "",
+              "| contrast | endpoint | n | mean (points) | 95 % CI | Wilcoxon p | TOST p | "
+              "per-seed deltas |", "|---|---|---|---|---|---|---|---|"]
+    for name, c in study["contrasts"].items():
+        for key in ("primary", "secondary"):
+            e = c[key]
+            deltas = ", ".join(f"{x:+.1f}" for x in e["delta_ua"])
+            lines.append(f"| {name} ({c['b']} - {c['a']}) | {e['endpoint']} | "
+                         f"{len(e['seeds'])} | {e['mean']:+.2f} | [{e['ci95'][0]:+.2f}, "
+                         f"{e['ci95'][1]:+.2f}] | {e['p_wilcoxon']:.3g} | "
+                         f"{e['p_tost_1pt']:.3g} | {deltas} |")
+    lines += ["", "Runs per variant (seeds): " + "; ".join(
+        f"{k}: {len(v)}" for k, v in study["runs"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run the missing cells, seed by seed")
+    t.add_argument("--variants", nargs="+", required=True, choices=sorted(VARIANTS))
+    t.add_argument("--seeds", type=int, nargs="+", required=True)
+    r = sub.add_parser("report", help="write results/hrf_study.{json,md}")
+    r.add_argument("--results-dir", type=Path, default=RESULTS)
+    for p in (t, r):
+        p.add_argument("--workdir", type=Path, default=Path("runs/experiments"))
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        train(args.variants, args.seeds, args.workdir)
+    else:
+        study = report(args.workdir, args.results_dir)
+        print(markdown(study))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
