@@ -103,18 +103,21 @@ def reference_classifiers(workdir: Path) -> dict[str, Any]:
     return refs
 
 
-def _contrast_entry(result: dict, a: str, b: str, name: str) -> dict[str, Any] | None:
+def _contrast_entry(result: dict, a: str, b: str, name: str, min_seeds: int = 2
+                    ) -> dict[str, Any] | None:
+    """The contrast ``b - a`` on the seeds both ran (None below ``min_seeds``)."""
     entry: dict[str, Any] = {"backbone": BACKBONE, "recipe": RECIPE, "a": a, "b": b}
     for endpoint, key in (("test_last", "primary"), ("test", "secondary")):
         sa = scores_by_seed(result, BACKBONE, a, endpoint=endpoint)
         sb = scores_by_seed(result, BACKBONE, b, endpoint=endpoint)
         common = sorted(set(sa) & set(sb))
-        if len(common) < 2:
+        if len(common) < min_seeds:
             return None
         c = contrast(name, {s: sa[s] for s in common}, {s: sb[s] for s in common})
         entry[key] = {"endpoint": endpoint, "seeds": list(c.seeds),
                       "delta_ua": [round(x, 4) for x in c.diffs], "mean": c.mean,
-                      "ci95": list(c.ci), "p_wilcoxon": c.p_wilcoxon, "p_tost_1pt": c.p_tost,
+                      "ci95": list(c.ci), "p_wilcoxon": c.p_wilcoxon,
+                      "p_tost_1pt": None if np.isnan(c.p_tost) else c.p_tost,
                       "a_ua": [sa[s] for s in common], "b_ua": [sb[s] for s in common]}
     # the issue's field names at the top level: the primary endpoint
     entry.update({k: entry["primary"][k] for k in
@@ -125,9 +128,10 @@ def _contrast_entry(result: dict, a: str, b: str, name: str) -> dict[str, Any] |
 def gate(result: dict, refs: dict) -> dict[str, Any]:
     light = scores_by_seed(result, BACKBONE, "light", endpoint="test_last")
     big = scores_by_seed(result, BACKBONE, GATE_MODEL, endpoint="test_last")
-    out: dict[str, Any] = {"model": f"{GATE_MODEL}: {VARIANTS[GATE_MODEL]}",
+    out: dict[str, Any] = {"model": f"{GATE_MODEL} (light, {VARIANTS[GATE_MODEL]['arch']})",
                            "thresholds_points": GATE}
-    paired = _contrast_entry(result, "light", GATE_MODEL, "large_vs_light")
+    # listed from one seed on, so a gate short of seeds still shows what it has
+    paired = _contrast_entry(result, "light", GATE_MODEL, "large_vs_light", min_seeds=1)
     if paired is not None:
         out["large_vs_light"] = {**paired, "pass": bool(
             paired["mean"] >= GATE["large_vs_light"] and paired["ci95"][0] > 0
@@ -225,10 +229,14 @@ def markdown(study: dict) -> str:
             lines.append(f"| {name} ({c['b']} - {c['a']}) | {e['endpoint']} | "
                          f"{len(e['seeds'])} | {e['mean']:+.2f} | [{e['ci95'][0]:+.2f}, "
                          f"{e['ci95'][1]:+.2f}] | {e['p_wilcoxon']:.3g} | "
-                         f"{e['p_tost_1pt']:.3g} | {deltas} |")
+                         f"{_p(e['p_tost_1pt'])} | {deltas} |")
     lines += ["", "Runs per variant (seeds): " + "; ".join(
         f"{k}: {len(v)}" for k, v in study["runs"].items()), ""]
     return "\n".join(lines)
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

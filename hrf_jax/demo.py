@@ -27,8 +27,8 @@ from hrf_jax.train import DataParallel, make_eval_step
 
 THREE_SECONDS = 300  # frames at a 10 ms hop
 # where the evidence on HRF lives (the demo is one seed of one setting)
-STUDY_POINTER = ("experiments/results/synthetic_all_paired.md (3 seeds; the study of issue #13 "
-                 "is to come)")
+STUDY_POINTER = ("experiments/results/hrf_study.md (Conformer light, 10 seeds per variant, "
+                 "paired, with the lr control and the test bed's gate)")
 
 
 def demo_config(backbone: str, size: str, hrf_ratio: int, *, epochs: int, seed: int,

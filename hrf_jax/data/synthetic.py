@@ -15,8 +15,9 @@ The `headroom` preset (corpus `synthetic_headroom`) is the test bed of the HRF s
 classes (adding fear and boredom, Banse & Scherer 1996), per-speaker offsets of every emotion
 parameter, the emotion expressed in one stretch of the utterance only (the rest is the
 speaker's neutral voice, so part of the cue is a contrast inside the utterance), and a
-random channel (band limits, equalisation) and coloured noise per utterance. It exists so
-that a bigger model has something to gain over a light one (see experiments/README.md).
+random channel (band limits, equalisation) and coloured noise per utterance. It is meant to
+give a bigger model something to gain over a light one; whether it does is the gate reported
+in experiments/results/hrf_study.md.
 
 It exists so that the whole pipeline (prepare, train, HRF merge, export) runs and means
 something without licensed corpora; it is not a substitute for real speech.
@@ -87,6 +88,7 @@ class SyntheticConfig:
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The preset's classes, in label order."""
         return PRESETS[self.preset]
 
     def __post_init__(self):
