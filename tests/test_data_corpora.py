@@ -351,6 +351,16 @@ def prepared_synthetic(tiny_data_dir, tiny_corpus):
                     tiny_corpus)
 
 
+@pytest.fixture(scope="module")
+def prepared_synthetic_headroom(tmp_path_factory):
+    from hrf_jax.data import ensure_prepared
+
+    data_dir = tmp_path_factory.mktemp("headroom")
+    options = {"num_utterances": 36, "num_speakers": 6}  # six speakers x six classes
+    return Prepared(data_dir, ensure_prepared("synthetic_headroom", data_dir, **options),
+                    options)
+
+
 @pytest.mark.parametrize("name", list(CORPORA))
 def test_every_registered_corpus_prepares_and_loads_through_its_entry(name, request):
     try:
