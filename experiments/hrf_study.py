@@ -56,6 +56,7 @@ CONTRASTS = {
 GATE_MODEL = "medium"  # the bigger plain model of the gate (large does not fit 2 CPU cores)
 GATE = {"large_vs_light": 5.0, "light_vs_probe": 10.0, "oracle_vs_large": 5.0}  # points
 MIN_GATE_SEEDS = 5
+READING = RESULTS / "hrf_study_reading.md"
 
 
 def overrides() -> list[str]:
@@ -232,6 +233,8 @@ def markdown(study: dict) -> str:
                          f"{_p(e['p_tost_1pt'])} | {deltas} |")
     lines += ["", "Runs per variant (seeds): " + "; ".join(
         f"{k}: {len(v)}" for k, v in study["runs"].items()), ""]
+    if READING.is_file():  # the plain-language reading, written for the committed numbers
+        lines += ["## Reading", "", READING.read_text().strip(), ""]
     return "\n".join(lines)
 
 
