@@ -15,18 +15,16 @@ the per-step medians and ranges with the load average, and writes JSON; never as
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
+
+from benchmarks.ab import load_baseline_modules, run_meta, summary_ms
 
 BACKBONES = ("conformer", "convtransformer")
 FILES = {"subsampling": "hrf_jax/subsampling.py", "conformer": "hrf_jax/models/conformer.py",
@@ -35,19 +33,7 @@ FILES = {"subsampling": "hrf_jax/subsampling.py", "conformer": "hrf_jax/models/c
 
 def load_baseline(rev: str, folder: pathlib.Path) -> dict[str, Any]:
     """``{backbone: module}`` of ``rev``'s model files, importing ``rev``'s subsampling."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    modules = {}
-    for name in ("subsampling", *BACKBONES):
-        src = subprocess.run(["git", "show", f"{rev}:{FILES[name]}"], cwd=root, check=True,
-                             capture_output=True, text=True).stdout
-        src = src.replace("from hrf_jax.subsampling import", "from _baseline_subsampling import")
-        path = folder / f"_baseline_{name}.py"
-        path.write_text(src)
-        spec = importlib.util.spec_from_file_location(f"_baseline_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        modules[name] = module
+    modules = load_baseline_modules(rev, FILES, folder)
     return {b: modules[b] for b in BACKBONES}
 
 
@@ -117,24 +103,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             times.append(time.perf_counter() - t0)
                         cell[1] = state
             print(f"round {r + 1}/{args.rounds} done, load {os.getloadavg()[0]:.2f}", flush=True)
-    load_end = os.getloadavg()
-
     rows = []
     for backbone in args.backbones:
         for frames in args.frames:
             row: dict[str, Any] = {"backbone": backbone, "size": "light", "frames": frames,
                                    "batch": 32}
             for which in ("baseline", "current"):
-                ms = np.asarray(cells[(backbone, frames, which)][3]) * 1e3
-                row[which] = {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()),
-                              "max_ms": float(ms.max()), "steps": int(ms.size)}
+                row[which] = summary_ms(cells[(backbone, frames, which)][3])
             row["speedup"] = row["baseline"]["median_ms"] / row["current"]["median_ms"]
             rows.append(row)
     result = {"baseline": args.baseline, "rounds": args.rounds, "steps": args.steps,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "jax": jax.__version__, "loadavg_start": load_start, "loadavg_end": load_end,
-              "rows": rows}
+              **run_meta(load_start), "rows": rows}
+    load_end = result["loadavg_end"]
     print(f"\nload average start {load_start}, end {load_end}")
     print("| model | T | baseline ms (median, range) | current ms (median, range) | speed-up |")
     print("|---|---|---|---|---|")

@@ -15,18 +15,16 @@ shared machine hits both. Prints medians and ranges with the load average; never
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
+
+from benchmarks.ab import load_baseline_modules, run_meta, summary_ms
 
 # module name -> file; loaded in this order, each importing the baseline copies before it
 FILES = {"local_attention": "hrf_jax/local_attention.py", "attention": "hrf_jax/attention.py",
@@ -35,20 +33,7 @@ FILES = {"local_attention": "hrf_jax/local_attention.py", "attention": "hrf_jax/
 
 def load_baseline(rev: str, folder: pathlib.Path) -> Any:
     """``rev``'s speechformer module, wired to ``rev``'s attention/layers/local_attention."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    module = None
-    for name, file in FILES.items():
-        src = subprocess.run(["git", "show", f"{rev}:{file}"], cwd=root, check=True,
-                             capture_output=True, text=True).stdout
-        for dep in FILES:
-            src = src.replace(f"from hrf_jax.{dep} import", f"from _baseline_{dep} import")
-        path = folder / f"_baseline_{name}.py"
-        path.write_text(src)
-        spec = importlib.util.spec_from_file_location(f"_baseline_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module
+    return load_baseline_modules(rev, FILES, folder)["speechformer"]
 
 
 def timed(fn: Any, n: int) -> list[float]:
@@ -125,22 +110,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cell["train"] += timed(train_once, args.steps)
                 cell["utterance"] += timed(infer_once, args.calls)
             print(f"round {r + 1}/{args.rounds} done, load {os.getloadavg()[0]:.2f}", flush=True)
-    load_end = os.getloadavg()
-
     rows = []
     for kind in ("train", "utterance"):
         row: dict[str, Any] = {"measure": kind}
         for which in order:
-            ms = np.asarray(cells[which][kind]) * 1e3
-            row[which] = {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()),
-                          "max_ms": float(ms.max()), "n": int(ms.size)}
+            row[which] = summary_ms(cells[which][kind])
         row["speedup"] = row["baseline"]["median_ms"] / row["current"]["median_ms"]
         rows.append(row)
     result = {"baseline": args.baseline, "frames": t, "batch": b, "rounds": args.rounds,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "jax": jax.__version__, "loadavg_start": load_start, "loadavg_end": load_end,
-              "rows": rows}
+              **run_meta(load_start), "rows": rows}
+    load_end = result["loadavg_end"]
     print(f"\nload average start {load_start}, end {load_end}")
     print("| SpeechFormer-S | baseline ms (median, range) | current ms (median, range) | "
           "speed-up |")
