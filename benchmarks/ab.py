@@ -53,5 +53,6 @@ def run_meta(load_start: Sequence[float]) -> dict[str, Any]:
 
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "jax": jax.__version__, "loadavg_start": tuple(load_start),
+            "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            "loadavg_start": tuple(load_start),
             "loadavg_end": os.getloadavg()}

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.ab import load_baseline_modules, run_meta, summary_ms
+from hrf_jax.hugepages import exec_with_hugepages
 
 BACKBONES = ("conformer", "convtransformer")
 FILES = {"subsampling": "hrf_jax/subsampling.py", "conformer": "hrf_jax/models/conformer.py",
@@ -129,4 +130,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    exec_with_hugepages()
     main()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.ab import load_baseline_modules, run_meta, summary_ms
+from hrf_jax.hugepages import exec_with_hugepages
 
 # module name -> file; loaded in this order, each importing the baseline copies before it
 FILES = {"local_attention": "hrf_jax/local_attention.py", "attention": "hrf_jax/attention.py",
@@ -136,4 +137,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    exec_with_hugepages()
     main()

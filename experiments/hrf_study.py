@@ -37,6 +37,7 @@ import numpy as np
 from experiments.grids import VARIANTS, get_grid, run_config
 from experiments.run import RESULTS, run_grid
 from experiments.stats import contrast, scores_by_seed
+from hrf_jax.hugepages import exec_with_hugepages
 
 GRID = "synthetic_headroom_conformer"
 BACKBONE = "conformer"
@@ -262,4 +263,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exec_with_hugepages()
     sys.exit(main())

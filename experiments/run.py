@@ -24,6 +24,7 @@ import jax
 
 from experiments.grids import VARIANTS, get_grid, run_config
 from hrf_jax.config import apply_overrides
+from hrf_jax.hugepages import exec_with_hugepages
 from hrf_jax.loop import fit
 from hrf_jax.metrics import mean_std
 from hrf_jax.population_loop import fit_population
@@ -188,4 +189,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exec_with_hugepages()
     sys.exit(main())

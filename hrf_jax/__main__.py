@@ -2,6 +2,6 @@
 
 import sys
 
-from hrf_jax.cli import main
+from hrf_jax.cli import console
 
-sys.exit(main())
+sys.exit(console())

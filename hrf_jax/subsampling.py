@@ -28,7 +28,8 @@ class StridedConv3x3(nn.Module):
     channels as one matmul over the nine strided taps: on CPU one large matmul beats XLA's
     small-channel convolution, forward and backward, with the same result. Inference and export
     keep the convolution, which LiteRT runs with its dedicated CONV_2D kernel instead of strided
-    slices, a concat and a matmul.
+    slices, a concat and a matmul. The one-channel first conv gains too (a nine-deep matmul,
+    measured about 5 ms faster per Conformer light step at T=160, BENCHMARKS.md).
     """
 
     features: int
@@ -41,7 +42,7 @@ class StridedConv3x3(nn.Module):
         kernel = self.param("kernel", init, (3, 3, c, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         p = self.padding
-        if c == 1 or not im2col:  # a 1-channel conv has no matmul to win
+        if not im2col:
             y = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((p, p), (p, p)),
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
         else:

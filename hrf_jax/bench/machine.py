@@ -31,6 +31,7 @@ def host() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "load_avg_at_start": os.getloadavg()}
 
 

@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from hrf_jax.hugepages import exec_with_hugepages
 from hrf_jax.logs import LEVELS, set_verbosity
 
 SUBCOMMANDS = ("demo", "prepare", "train", "eval", "merge", "predict", "export", "bench")
@@ -31,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         importlib.import_module(f"hrf_jax.cli.{name}").add_parser(sub)
     return parser
+
+
+def console() -> int:
+    """The ``hrf-jax`` program: ``main`` in a process whose malloc uses huge pages
+    (``hrf_jax.hugepages``; ``HRF_JAX_NO_HUGEPAGES=1`` turns that off)."""
+    exec_with_hugepages()
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
