@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hrf_jax.conv_ops import use_convolution_ops
 from hrf_jax.masking import length_mask, lengths_after_conv, zero_padding
 
 Array = jax.Array
@@ -24,24 +25,26 @@ class StridedConv3x3(nn.Module):
     """3x3 stride-2 ``Conv2d`` over ``(B, T, F, C)`` with ``nn.Conv``'s parameter tree.
 
     ``padding`` zeros on each side of time and frequency (0: VALID; 1: PyTorch's
-    ``padding=1``, ``ceil(T/2)`` outputs). ``im2col=True`` (training) runs a conv with input
-    channels as one matmul over the nine strided taps: on CPU one large matmul beats XLA's
-    small-channel convolution, forward and backward, with the same result. Inference and export
-    keep the convolution, which LiteRT runs with its dedicated CONV_2D kernel instead of strided
-    slices, a concat and a matmul. The one-channel first conv gains too (a nine-deep matmul,
-    measured about 5 ms faster per Conformer light step at T=160, BENCHMARKS.md).
+    ``padding=1``, ``ceil(T/2)`` outputs). ``im2col=True`` runs the conv as one matmul over
+    the nine strided taps: on CPU one large matmul beats XLA's small-channel convolution,
+    forward and backward, with the same result (the one-channel first conv too: a nine-deep
+    matmul, about 5 ms off a Conformer light step at T=160, BENCHMARKS.md). ``None`` (the
+    default): im2col, except under ``hrf_jax.conv_ops.convolution_ops()`` (export), where the
+    convolution stays one op for LiteRT's CONV_2D kernel.
     """
 
     features: int
     padding: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, im2col: bool = False) -> Array:
+    def __call__(self, x: Array, im2col: bool | None = None) -> Array:
         c = x.shape[-1]
         init = nn.initializers.lecun_normal()
         kernel = self.param("kernel", init, (3, 3, c, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         p = self.padding
+        if im2col is None:
+            im2col = not use_convolution_ops()
         if not im2col:
             y = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((p, p), (p, p)),
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -87,7 +90,7 @@ class ConvSubsampling(nn.Module):
         h = x[..., None]
         for i in range(2):
             h = zero_padding(h, mask)
-            h = StridedConv3x3(self.channels, p, name=f"conv_{i}")(h, im2col=train)
+            h = StridedConv3x3(self.channels, p, name=f"conv_{i}")(h)
             h = nn.relu(h)
             # a conv padded by p is a VALID conv of the utterance padded to L + 2p
             lengths = lengths_after_conv(lengths + 2 * p)

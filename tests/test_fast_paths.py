@@ -1,6 +1,8 @@
-"""Training-only fast paths compute today's function: the Conformer's depthwise conv (banded
-matmul or shifted sums) is ``nn.Conv``'s grouped conv, and the conv subsampling's train path
-(im2col) is its eval path (XLA's conv), outputs and gradients, on padded batches."""
+"""The convolutions' matmul forms (the default, hrf_jax.conv_ops) compute the function of their
+convolution ops (export's form): the Conformer's depthwise conv (banded matmul or shifted sums)
+is ``nn.Conv``'s grouped conv, the conv subsampling's im2col is its convolution, outputs and
+gradients, on padded batches; whole models agree in eval mode, and export's context really
+traces convolution ops."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hrf_jax.conv_ops import convolution_ops
 from hrf_jax.masking import zero_padding
+from hrf_jax.models import build_model
 from hrf_jax.models.conformer import DepthwiseConv1D
 from hrf_jax.subsampling import ConvSubsampling
 
@@ -56,11 +60,35 @@ def test_depthwise_fast_is_nn_conv(t):
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
-def test_subsampling_train_path_is_eval_path(padding):
-    # no BatchNorm or dropout in the subsampling: train only switches convolution -> im2col
+def test_subsampling_im2col_is_the_convolution(padding):
     sub = ConvSubsampling(6, 8, padding=padding, flatten="channel_freq")
     x, mask = _padded((3, 23, 11))
     variables = sub.init(jax.random.PRNGKey(0), x, mask)
     got = _outputs_and_grads(lambda v, a: sub.apply(v, a, mask, train=True)[0], variables, x)
-    want = _outputs_and_grads(lambda v, a: sub.apply(v, a, mask)[0], variables, x)
+    with convolution_ops():
+        want = _outputs_and_grads(lambda v, a: sub.apply(v, a, mask)[0], variables, x)
     _assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["conformer", "convtransformer"])
+def test_models_in_eval_mode_match_their_convolution_ops(backbone):
+    model = build_model(backbone, "light", num_classes=4, num_layers=2)
+    x, mask = _padded((3, 40, 16))
+    variables = model.init(jax.random.PRNGKey(0), x, mask)
+    apply = lambda v, a: model.apply(v, a, mask)
+    with jax.default_matmul_precision("highest"):
+        fast = jax.jit(apply)(variables, x)
+        with convolution_ops():
+            ops = jax.jit(apply)(variables, x)
+    np.testing.assert_allclose(fast, ops, rtol=1e-5, atol=1e-5)
+
+
+def test_export_context_traces_convolution_ops():
+    model = build_model("conformer", "light", num_classes=4, num_layers=1)
+    x, mask = _padded((1, 40, 16))
+    variables = model.init(jax.random.PRNGKey(0), x, mask)
+    convs = lambda: str(jax.make_jaxpr(lambda v: model.apply(v, x, mask))(variables)).count(
+        "conv_general_dilated")
+    assert convs() == 0
+    with convolution_ops():
+        assert convs() == 3  # two subsampling convs, one depthwise conv

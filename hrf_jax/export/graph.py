@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hrf_jax.audio import MelSettings, logmel_jnp
+from hrf_jax.conv_ops import convolution_ops
 
 
 def mel_settings(info: dict[str, Any]) -> MelSettings:
@@ -42,7 +43,8 @@ def graph_fn(model: Any, variables: dict[str, Any], info: dict[str, Any], fronte
             mu = (feats * m).sum(axis=1, keepdims=True) / count
             var = (jnp.square(feats - mu) * m).sum(axis=1, keepdims=True) / count
             feats = (feats - mu) / jnp.maximum(jnp.sqrt(var), 1e-5)
-        return model.apply(variables, feats, mask, train=False)
+        with convolution_ops():  # LiteRT/ONNX kernels, not XLA's matmul forms
+            return model.apply(variables, feats, mask, train=False)
 
     return fn
 

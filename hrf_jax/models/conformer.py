@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from hrf_jax.attention import MultiHeadAttention, RelPositionAttention, sinusoidal_encoding
+from hrf_jax.conv_ops import use_convolution_ops
 from hrf_jax.hrf import HRFSpec
 from hrf_jax.layers import Dropout, FeedForward
 from hrf_jax.masking import MaskedBatchNorm, masked_mean, zero_padding
@@ -95,21 +96,25 @@ class DepthwiseConv1D(nn.Module):
     """``nn.Conv(C, (K,), padding="SAME", feature_group_count=C)`` on ``(B, T, C)``: same
     parameter tree (``kernel (K, 1, C)``, ``bias (C,)``), init and output.
 
-    ``fast=True`` (training) avoids XLA's grouped convolution, whose CPU forward and backward
-    cost a third of a light Conformer block: up to ``T = 4K`` frames one batched matmul with
-    the banded ``(T, T)`` matrix of each channel, beyond that ``K`` shifted multiply-adds that
-    XLA fuses into one loop (measured faster past ``T ~ 4K``: the band costs ``T/K`` times the
-    multiply-adds). Inference and export keep the convolution, one op for ONNX and LiteRT.
+    ``fast=True`` avoids XLA's grouped convolution, whose CPU forward and backward cost a third
+    of a light Conformer block: up to ``T = 4K`` frames one batched matmul with the banded
+    ``(T, T)`` matrix of each channel, beyond that ``K`` shifted multiply-adds that XLA fuses
+    into one loop (measured faster past ``T ~ 4K``: the band costs ``T/K`` times the
+    multiply-adds). ``None`` (the default): fast, except under
+    ``hrf_jax.conv_ops.convolution_ops()`` (export), where the convolution stays one op for
+    ONNX and LiteRT.
     """
 
     kernel_size: int
 
     @nn.compact
-    def __call__(self, x: Array, fast: bool = False) -> Array:
+    def __call__(self, x: Array, fast: bool | None = None) -> Array:
         k, (t, c) = self.kernel_size, x.shape[-2:]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, 1, c))
         bias = self.param("bias", nn.initializers.zeros_init(), (c,))
         half = k // 2
+        if fast is None:
+            fast = not use_convolution_ops()
         if not fast:
             y = jax.lax.conv_general_dilated(x, kernel, (1,), [(half, half)],
                                              dimension_numbers=("NWC", "WIO", "NWC"),
@@ -146,8 +151,7 @@ class ConvModule(nn.Module):
         d = x.shape[-1]
         h = nn.LayerNorm(self.ln_epsilon, name="ln")(x)
         h = nn.glu(self.hrf.dense(2 * d, "conv_pointwise", "pointwise_1")(h), axis=-1)
-        h = DepthwiseConv1D(self.kernel_size, name="depthwise")(zero_padding(h, mask),
-                                                                fast=train)
+        h = DepthwiseConv1D(self.kernel_size, name="depthwise")(zero_padding(h, mask))
         if not self.fold_bn:
             h = MaskedBatchNorm(name="batch_norm")(h, mask, train=train)
         h = self.hrf.dense(d, "conv_pointwise", "pointwise_2")(nn.swish(h))

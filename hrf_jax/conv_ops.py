@@ -1,0 +1,35 @@
+"""How the convolutions of the Conformer and ConvTransformer are traced.
+
+By default they take the forms XLA runs fastest on CPU, in training and in inference: the
+strided subsampling convs as one im2col matmul, the Conformer's depthwise conv as a banded
+matmul or shifted sums (one utterance at T=651: 7.0 -> 4.5 ms for Conformer light). Export
+traces under ``convolution_ops()``, which keeps one convolution op each: LiteRT and ONNX
+Runtime have dedicated CONV_2D / DEPTHWISE_CONV_2D kernels that beat the matmul forms there.
+Both forms compute the same function with the same parameters (tests/test_fast_paths.py).
+
+The choice is made when a function is traced: a ``jax.jit`` function traced outside the
+context keeps its form when later called inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+_CONVOLUTION_OPS = contextvars.ContextVar("hrf_jax_convolution_ops", default=False)
+
+
+@contextlib.contextmanager
+def convolution_ops() -> Iterator[None]:
+    """Within this context, models trace their convolutions as convolution ops."""
+    token = _CONVOLUTION_OPS.set(True)
+    try:
+        yield
+    finally:
+        _CONVOLUTION_OPS.reset(token)
+
+
+def use_convolution_ops() -> bool:
+    """True inside ``convolution_ops()``."""
+    return _CONVOLUTION_OPS.get()
