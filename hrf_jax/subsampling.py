@@ -78,7 +78,7 @@ class ConvSubsampling(nn.Module):
     flatten: str = "freq_channel"
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, *, train: bool = False) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
         if self.padding not in PADDINGS:
             raise ValueError(f"subsampling padding must be one of {sorted(PADDINGS)}, "
                              f"got {self.padding!r}")

@@ -133,7 +133,7 @@ class ConvTransformer(nn.Module):
         subsampling = self._drawn(ConvSubsampling, torch_rule)
         subsample = subsampling(channels, cfg.d_model, cfg.subsampling_padding,
                                 cfg.subsampling_flatten, name="subsampling")
-        x, mask = subsample(feats, mask, train=train)
+        x, mask = subsample(feats, mask)
         if cfg.pos_enc == "fairseq":
             pe = fairseq_sinusoidal_encoding(x.shape[1], cfg.d_model)
         else:
