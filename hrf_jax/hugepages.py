@@ -6,7 +6,8 @@ XLA:CPU allocates each execution's buffers afresh, and glibc hands the large one
 the 2-core KVM guests of BENCHMARKS.md a 4 KiB page fault costs several microseconds: a fresh
 67 MB copy takes 90-150 ms against 18 ms into a reused buffer. With the tunable, glibc asks
 the kernel for transparent huge pages (``madvise`` mode), 512x fewer faults: the Conformer
-light train step (T=160) went from 144 to 99 ms (BENCHMARKS.md). Results are bit-identical; only allocation changes.
+light train step (T=160) went from 144 to 99 ms (BENCHMARKS.md). Results are bit-identical;
+only allocation changes.
 
 Tunables are read when a process starts, so ``exec_with_hugepages`` re-executes the current
 command line with the variable added (before JAX is imported). It does nothing off Linux,
