@@ -10,7 +10,7 @@ light train step (T=160) went from 144 to 99 ms (BENCHMARKS.md). Results are bit
 only allocation changes.
 
 Tunables are read when a process starts, so ``exec_with_hugepages`` re-executes the current
-command line with the variable added (before JAX is imported). It does nothing off Linux,
+command line with the variable added (one more interpreter start). It does nothing off Linux,
 without glibc >= 2.35, when transparent huge pages are ``never``, when the tunable is already
 set, or when ``HRF_JAX_NO_HUGEPAGES=1``. In a notebook or your own script, start Python with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in its environment instead.
