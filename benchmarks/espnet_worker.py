@@ -1,6 +1,6 @@
 """ESPnet's Conformer ``Encoder`` at hrf_jax's light size, one utterance in PyTorch eager mode.
 
-Run by a python with torch and espnet (not hrf_jax), from ``benchmarks/espnet_latency.py``::
+Run by a python with torch and espnet (not hrf_jax), from ``benchmarks/eager_latency.py``::
 
     python benchmarks/espnet_worker.py '{"frames": [300, 651], "repeats": 50, "npz": PATH}'
 
@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from statistics import median
 from typing import Any
 
-FEAT_DIM, NUM_CLASSES = 128, 4
+from eager_timing import FEAT_DIM, NUM_CLASSES, time_and_save
 
 
 def light_encoder() -> Any:
@@ -33,7 +31,6 @@ def light_encoder() -> Any:
 
 
 def main(spec: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     torch.set_num_threads(spec.get("threads", 2))
@@ -44,27 +41,7 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
         out, _ = encoder(x, torch.ones(1, 1, x.shape[1], dtype=torch.bool))
         return head(out.mean(dim=1))
 
-    result: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                              "params": sum(p.numel() for p in encoder.parameters())
-                              + sum(p.numel() for p in head.parameters()), "latency_ms": {}}
-    with torch.no_grad():
-        for frames in spec["frames"]:
-            x = torch.randn(1, frames, FEAT_DIM)
-            for _ in range(5):
-                logits(x)
-            times = []
-            for _ in range(spec["repeats"]):
-                t0 = time.perf_counter()
-                logits(x)
-                times.append(time.perf_counter() - t0)
-            result["latency_ms"][str(frames)] = median(times) * 1e3
-        if spec.get("npz"):
-            x = torch.randn(1, spec["frames"][0], FEAT_DIM)
-            arrays = {f"state_dict/{k}": v.numpy() for k, v in encoder.state_dict().items()
-                      if v.dtype.is_floating_point}
-            np.savez(spec["npz"], **arrays, x=x.numpy(), logits=logits(x).numpy(),
-                     head_weight=head.weight.numpy(), head_bias=head.bias.numpy())
-    return result
+    return time_and_save(spec, encoder, head, logits)
 
 
 if __name__ == "__main__":

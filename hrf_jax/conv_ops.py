@@ -1,11 +1,14 @@
 """How the convolutions of the Conformer and ConvTransformer are traced.
 
-By default they take the forms XLA runs fastest on CPU, in training and in inference: the
-strided subsampling convs as one im2col matmul, the Conformer's depthwise conv as a banded
-matmul or shifted sums (one utterance at T=651: 7.0 -> 4.5 ms for Conformer light). Export
-traces under ``convolution_ops()``, which keeps one convolution op each: LiteRT and ONNX
-Runtime have dedicated CONV_2D / DEPTHWISE_CONV_2D kernels that beat the matmul forms there.
-Both forms compute the same function with the same parameters (tests/test_fast_paths.py).
+By default they take the forms XLA runs fastest on CPU: while training the strided subsampling
+convs are one im2col matmul each (XLA's convolution gradients are slow there), in inference
+im2col for the Conformer and convolution ops for the ConvTransformer (each measured,
+``ConvSubsampling.inference_im2col``); the Conformer's depthwise conv is a banded matmul or
+shifted sums in both (one utterance at T=651: 7.0 -> 4.5 ms for Conformer light with both
+matmul forms). Export traces under ``convolution_ops()``, which keeps one convolution op each:
+LiteRT and ONNX Runtime have dedicated CONV_2D / DEPTHWISE_CONV_2D kernels that beat the
+matmul forms there. Both forms compute the same function with the same parameters
+(tests/test_fast_paths.py).
 
 The choice is made when a function is traced: a ``jax.jit`` function traced outside the
 context keeps its form when later called inside it.

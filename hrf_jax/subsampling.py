@@ -26,25 +26,23 @@ class StridedConv3x3(nn.Module):
 
     ``padding`` zeros on each side of time and frequency (0: VALID; 1: PyTorch's
     ``padding=1``, ``ceil(T/2)`` outputs). ``im2col=True`` runs the conv as one matmul over
-    the nine strided taps: on CPU one large matmul beats XLA's small-channel convolution,
-    forward and backward, with the same result (the one-channel first conv too: a nine-deep
-    matmul, about 5 ms off a Conformer light step at T=160, BENCHMARKS.md). ``None`` (the
-    default): im2col, except under ``hrf_jax.conv_ops.convolution_ops()`` (export), where the
-    convolution stays one op for LiteRT's CONV_2D kernel.
+    the nine strided taps: in a training step on CPU (forward and backward) one large matmul
+    beats XLA's small-channel convolution, whose gradients are slow (the one-channel first conv
+    too: a nine-deep matmul, about 5 ms off a Conformer light step at T=160, BENCHMARKS.md).
+    ``False`` (the default) keeps one convolution op: for export, and for inference where the
+    model measured it faster (``ConvSubsampling.inference_im2col``).
     """
 
     features: int
     padding: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, im2col: bool | None = None) -> Array:
+    def __call__(self, x: Array, im2col: bool = False) -> Array:
         c = x.shape[-1]
         init = nn.initializers.lecun_normal()
         kernel = self.param("kernel", init, (3, 3, c, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         p = self.padding
-        if im2col is None:
-            im2col = not use_convolution_ops()
         if not im2col:
             y = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((p, p), (p, p)),
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -70,15 +68,22 @@ class ConvSubsampling(nn.Module):
     Padded frames are zeroed at every conv input and the mask follows the lengths (a padded
     conv's border zeros are then exactly the zeros an unpadded utterance sees), so real outputs
     never depend on padding. Masks are read as prefixes (``lengths = mask.sum(-1)``).
+
+    The convs are im2col matmuls while training (``train=True``) and, with
+    ``inference_im2col``, in inference too; convolution ops otherwise and always under
+    ``hrf_jax.conv_ops.convolution_ops()`` (export). Which inference form is faster depends on
+    the shapes, so each model sets it from a measurement (BENCHMARKS.md, "One utterance").
     """
 
     channels: int
     features: int
     padding: str = "valid"
     flatten: str = "freq_channel"
+    inference_im2col: bool = True
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask: Array, *, train: bool = False
+                 ) -> tuple[Array, Array]:
         if self.padding not in PADDINGS:
             raise ValueError(f"subsampling padding must be one of {sorted(PADDINGS)}, "
                              f"got {self.padding!r}")
@@ -86,11 +91,12 @@ class ConvSubsampling(nn.Module):
             raise ValueError(f"subsampling flatten must be one of {FLATTENS}, "
                              f"got {self.flatten!r}")
         p = PADDINGS[self.padding]
+        im2col = (train or self.inference_im2col) and not use_convolution_ops()
         lengths = mask.sum(axis=-1)
         h = x[..., None]
         for i in range(2):
             h = zero_padding(h, mask)
-            h = StridedConv3x3(self.channels, p, name=f"conv_{i}")(h)
+            h = StridedConv3x3(self.channels, p, name=f"conv_{i}")(h, im2col=im2col)
             h = nn.relu(h)
             # a conv padded by p is a VALID conv of the utterance padded to L + 2p
             lengths = lengths_after_conv(lengths + 2 * p)

@@ -1,8 +1,8 @@
-"""The convolutions' matmul forms (the default, hrf_jax.conv_ops) compute the function of their
-convolution ops (export's form): the Conformer's depthwise conv (banded matmul or shifted sums)
-is ``nn.Conv``'s grouped conv, the conv subsampling's im2col is its convolution, outputs and
-gradients, on padded batches; whole models agree in eval mode, and export's context really
-traces convolution ops."""
+"""The convolutions' matmul forms (hrf_jax.conv_ops) compute the function of their convolution
+ops (export's form): the Conformer's depthwise conv (banded matmul or shifted sums) is
+``nn.Conv``'s grouped conv, the conv subsampling's im2col (its training form) is its
+convolution, outputs and gradients, on padded batches; whole models agree in eval mode, and
+each model and mode traces the form it should."""
 
 import flax.linen as nn
 import jax
@@ -64,9 +64,10 @@ def test_subsampling_im2col_is_the_convolution(padding):
     sub = ConvSubsampling(6, 8, padding=padding, flatten="channel_freq")
     x, mask = _padded((3, 23, 11))
     variables = sub.init(jax.random.PRNGKey(0), x, mask)
-    got = _outputs_and_grads(lambda v, a: sub.apply(v, a, mask)[0], variables, x)
+    train = lambda v, a: sub.apply(v, a, mask, train=True)[0]
+    got = _outputs_and_grads(train, variables, x)
     with convolution_ops():
-        want = _outputs_and_grads(lambda v, a: sub.apply(v, a, mask)[0], variables, x)
+        want = _outputs_and_grads(train, variables, x)
     _assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -83,12 +84,22 @@ def test_models_in_eval_mode_match_their_convolution_ops(backbone):
     np.testing.assert_allclose(fast, ops, rtol=1e-5, atol=1e-5)
 
 
-def test_export_context_traces_convolution_ops():
-    model = build_model("conformer", "light", num_classes=4, num_layers=1)
+@pytest.mark.parametrize(("backbone", "eval_convs", "export_convs"),
+                         [("conformer", 0, 3), ("convtransformer", 2, 2)])
+def test_each_model_and_mode_traces_its_form(backbone, eval_convs, export_convs):
+    model = build_model(backbone, "light", num_classes=4, num_layers=1)
     x, mask = _padded((1, 40, 16))
     variables = model.init(jax.random.PRNGKey(0), x, mask)
-    convs = lambda: str(jax.make_jaxpr(lambda v: model.apply(v, x, mask))(variables)).count(
-        "conv_general_dilated")
-    assert convs() == 0
-    with convolution_ops():
-        assert convs() == 3  # two subsampling convs, one depthwise conv
+
+    def convs(**kwargs):
+        rngs = {"dropout": jax.random.PRNGKey(1)}
+        jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, mask, rngs=rngs, **kwargs))(variables)
+        return str(jaxpr).count("conv_general_dilated")
+
+    train = {"train": True, "mutable": ["batch_stats"]}
+    assert convs(**train) == 0  # im2col subsampling (and banded depthwise conv)
+    # inference: the Conformer keeps im2col, the ConvTransformer its two convolution ops
+    assert convs() == eval_convs
+    with convolution_ops():  # export: one op per conv (the Conformer's depthwise conv too)
+        assert convs() == export_convs
+        assert convs(**train) == export_convs

@@ -211,7 +211,7 @@ class Conformer(nn.Module):
         subsampling = self._drawn(ConvSubsampling)
         subsample = subsampling(channels, cfg.d_model, flatten=cfg.subsampling_flatten,
                                 name="subsampling")
-        x, mask = subsample(feats, mask)
+        x, mask = subsample(feats, mask, train=train)
         # ESPnet scales the embedding by sqrt(d) for both positional-encoding types
         x = x * jnp.sqrt(float(cfg.d_model))
         if cfg.pos_enc == "abs":

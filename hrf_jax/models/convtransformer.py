@@ -131,9 +131,12 @@ class ConvTransformer(nn.Module):
             raise ValueError(f"init must be 'flax' or 'fairseq', got {cfg.init!r}")
         channels = cfg.subsampling_channels or cfg.d_model
         subsampling = self._drawn(ConvSubsampling, torch_rule)
+        # one utterance at T=651 is faster with convolution ops (2.39 -> 2.06 ms), unlike
+        # the Conformer's (BENCHMARKS.md, "One utterance")
         subsample = subsampling(channels, cfg.d_model, cfg.subsampling_padding,
-                                cfg.subsampling_flatten, name="subsampling")
-        x, mask = subsample(feats, mask)
+                                cfg.subsampling_flatten, inference_im2col=False,
+                                name="subsampling")
+        x, mask = subsample(feats, mask, train=train)
         if cfg.pos_enc == "fairseq":
             pe = fairseq_sinusoidal_encoding(x.shape[1], cfg.d_model)
         else:
