@@ -4,16 +4,17 @@ learning-rate effect? Paired by seed, on a test bed with demonstrated headroom.
     python -m experiments.hrf_study train --variants light medium --seeds 0 1 2 3 4
     python -m experiments.hrf_study train --variants light light_hrf4 light_lr5 --seeds 0 ... 9
     python -m experiments.hrf_study report
+    python -m experiments.hrf_study train --testbed headroom_4x --variants light medium ...
 
 ``train`` runs the missing cells seed by seed (every variant of seed 0, then of seed 1, ...,
 so an interrupted study leaves paired runs); each cell is an ``experiments.run`` cell of the
-grid ``synthetic_headroom_conformer`` with the test-bed recipe ``TESTBED`` and resumes from
-its checkpoint. ``report`` writes ``experiments/results/hrf_study.json`` and ``.md``: the
-test-bed gate (``GATE``) and every contrast of ``CONTRASTS`` whose runs exist, from the
-per-seed values it lists. Variants a seed pairs with must share that seed's data order and
-initial values: the data order depends on ``train.seed`` only, and flax draws every
-parameter from the seed and its path, so the plain model's tensors equal the HRF model's
-tensors of the same name.
+grid ``synthetic_headroom_conformer`` with a test bed of ``TESTBEDS`` (corpus size and recipe)
+and resumes from its checkpoint. ``report`` writes ``experiments/results/<stem>.json`` and
+``.md`` (``hrf_study`` for the first test bed): the test-bed gate (``GATE``) and every
+contrast of ``CONTRASTS`` whose runs exist, from the per-seed values it lists. Variants a
+seed pairs with must share that seed's data order and initial values: the data order depends
+on ``train.seed`` only, and flax draws every parameter from the seed and its path, so the
+plain model's tensors equal the HRF model's tensors of the same name.
 
 The primary endpoint is test UA of the final state (``test_last``); test UA of the
 checkpoint chosen on validation UA is secondary.
@@ -37,14 +38,26 @@ import numpy as np
 from experiments.grids import VARIANTS, get_grid, run_config
 from experiments.run import RESULTS, run_grid
 from experiments.stats import contrast, scores_by_seed
+from hrf_jax.config import apply_overrides
 from hrf_jax.hugepages import exec_with_hugepages
 
 GRID = "synthetic_headroom_conformer"
 BACKBONE = "conformer"
 RECIPE = "AdamW, lr 1e-3, 5 % warm-up, cosine to 1e-5, weight decay 1e-2, clip 1.0, batch 32"
-# The test-bed recipe, fixed with the plain light and medium models only, before any HRF run
-# (git history: the commit that added it precedes every HRF result).
-TESTBED = {"train.max_frames": 160, "train.epochs": 6}
+# name -> the test bed: hrf-jax config overrides, each fixed with plain light and medium
+# models only, before any HRF run on it (git history: the commit that added a bed precedes
+# every HRF result on it), and the stem of its results files.
+TESTBEDS: dict[str, dict[str, Any]] = {
+    # 4,800 utterances, 48 speakers (the corpus's headroom defaults); gate (a) failed
+    "headroom": {"overrides": {"train.max_frames": 160, "train.epochs": 6},
+                 "results": "hrf_study"},
+    # the same generator with 4x the utterances and 2x the speakers: 2,400 steps of 1.6 s
+    # crops, so that the models stop over-fitting before capacity matters
+    "headroom_4x": {"overrides": {"train.max_frames": 160, "train.epochs": 6,
+                                  "dataset.num_utterances": 19200,
+                                  "dataset.num_speakers": 96},
+                    "results": "hrf_study_4x"},
+}
 # name -> (a, b): the contrast b - a in UA points, paired by seed
 CONTRASTS = {
     "hrf4_vs_light": ("light", "light_hrf4"),
@@ -57,33 +70,38 @@ CONTRASTS = {
 GATE_MODEL = "medium"  # the bigger plain model of the gate (large does not fit 2 CPU cores)
 GATE = {"large_vs_light": 5.0, "light_vs_probe": 10.0, "oracle_vs_large": 5.0}  # points
 MIN_GATE_SEEDS = 5
-READING = RESULTS / "hrf_study_reading.md"
 
 
-def overrides() -> list[str]:
-    return [f"--config.{k}={v}" for k, v in TESTBED.items()]
+def overrides(testbed: str) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in TESTBEDS[testbed]["overrides"].items()]
 
 
-def train(variants: Sequence[str], seeds: Sequence[int], workdir: Path) -> None:
+def reading(testbed: str, results_dir: Path = RESULTS) -> Path:
+    """The plain-language reading of a test bed's results, written by hand for its numbers."""
+    return results_dir / f"{TESTBEDS[testbed]['results']}_reading.md"
+
+
+def train(variants: Sequence[str], seeds: Sequence[int], workdir: Path,
+          testbed: str = "headroom") -> None:
     """Every missing (variant, seed) cell, seed-major."""
     grid = get_grid(GRID)
     grid.variants = tuple(variants)
     for seed in seeds:
         grid.seeds = (seed,)
-        run_grid(grid, workdir, overrides())
+        run_grid(grid, workdir, overrides(testbed))
 
 
-def collect(workdir: Path) -> dict[str, Any]:
+def collect(workdir: Path, testbed: str = "headroom") -> dict[str, Any]:
     """The finished cells of every variant (``experiments.run``'s result dict)."""
     grid = get_grid(GRID)
     grid.variants = tuple(VARIANTS)
     grid.seeds = tuple(range(100))
-    return run_grid(grid, workdir, overrides(), collect_only=True)
+    return run_grid(grid, workdir, overrides(testbed), collect_only=True)
 
 
-def reference_classifiers(workdir: Path) -> dict[str, Any]:
+def reference_classifiers(workdir: Path, testbed: str = "headroom") -> dict[str, Any]:
     """Probe and oracle test UA on the test bed, cached next to the runs (about 2 min)."""
-    cache = workdir / "synthetic_headroom" / "reference_classifiers.json"
+    cache = workdir / "synthetic_headroom" / f"reference_classifiers_{testbed}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     from experiments.testbed import oracle_ua, probe_ua
@@ -92,6 +110,7 @@ def reference_classifiers(workdir: Path) -> dict[str, Any]:
     from hrf_jax.run import open_dataset
 
     config = run_config(get_grid(GRID), BACKBONE, "light", -1, 0)
+    apply_overrides(config, overrides(testbed))
     ds = open_dataset(config.dataset, prepare=True)
     # the prepared corpus's options: the registry's defaults and what was set otherwise
     options = {**get_corpus(config.dataset.name).options,
@@ -153,9 +172,9 @@ def gate(result: dict, refs: dict) -> dict[str, Any]:
     return out
 
 
-def report(workdir: Path, results_dir: Path) -> dict[str, Any]:
-    result = collect(workdir)
-    refs = reference_classifiers(workdir)
+def report(workdir: Path, results_dir: Path, testbed: str = "headroom") -> dict[str, Any]:
+    result = collect(workdir, testbed)
+    refs = reference_classifiers(workdir, testbed)
     contrasts = {}
     for name, (a, b) in CONTRASTS.items():
         entry = _contrast_entry(result, a, b, name)
@@ -170,7 +189,8 @@ def report(workdir: Path, results_dir: Path) -> dict[str, Any]:
         "commit": _git_head(),
         "machine": {**result["machine"], "cpus": os.cpu_count(),
                     "processor": platform.processor()},
-        "testbed": {"grid": GRID, "recipe": RECIPE, "overrides": TESTBED,
+        "testbed": {"name": testbed, "grid": GRID, "recipe": RECIPE,
+                    "overrides": TESTBEDS[testbed]["overrides"],
                     "corpus_options": refs["corpus_options"]},
         "gate": gate(result, refs),
         "reference_classifiers": {k: refs[k] for k in ("probe", "oracle")},
@@ -179,8 +199,9 @@ def report(workdir: Path, results_dir: Path) -> dict[str, Any]:
         "cells": result["cells"],
     }
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "hrf_study.json").write_text(json.dumps(study, indent=2) + "\n")
-    (results_dir / "hrf_study.md").write_text(markdown(study))
+    stem = TESTBEDS[testbed]["results"]
+    (results_dir / f"{stem}.json").write_text(json.dumps(study, indent=2) + "\n")
+    (results_dir / f"{stem}.md").write_text(markdown(study, reading(testbed, results_dir)))
     return study
 
 
@@ -192,13 +213,14 @@ def _git_head() -> str:
         return ""
 
 
-def markdown(study: dict) -> str:
+def markdown(study: dict, reading_file: Path | None = None) -> str:
     g = study["gate"]
     lines = ["# The HRF study (issue #13): Conformer light on the headroom test bed", "",
              f"Command: `{study['command']}` at commit {study['commit']}, {study['date']}; "
              f"{study['machine']['cpus']} CPUs, {study['machine']['platform']}, "
              f"jax {study['machine']['jax']}.  ",
-             f"Test bed: grid `{study['testbed']['grid']}`, {study['testbed']['recipe']}, "
+             f"Test bed `{study['testbed'].get('name', 'headroom')}`: grid "
+             f"`{study['testbed']['grid']}`, {study['testbed']['recipe']}, "
              f"overrides {study['testbed']['overrides']}.  ",
              "UA in points; primary endpoint: test UA of the final state; secondary: test UA "
              "of the checkpoint chosen on validation UA. Contrasts are b - a, paired by seed; "
@@ -234,8 +256,8 @@ def markdown(study: dict) -> str:
                          f"{_p(e['p_tost_1pt'])} | {deltas} |")
     lines += ["", "Runs per variant (seeds): " + "; ".join(
         f"{k}: {len(v)}" for k, v in study["runs"].items()), ""]
-    if READING.is_file():  # the plain-language reading, written for the committed numbers
-        lines += ["## Reading", "", READING.read_text().strip(), ""]
+    if reading_file is not None and reading_file.is_file():
+        lines += ["## Reading", "", reading_file.read_text().strip(), ""]
     return "\n".join(lines)
 
 
@@ -249,16 +271,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = sub.add_parser("train", help="run the missing cells, seed by seed")
     t.add_argument("--variants", nargs="+", required=True, choices=sorted(VARIANTS))
     t.add_argument("--seeds", type=int, nargs="+", required=True)
-    r = sub.add_parser("report", help="write results/hrf_study.{json,md}")
+    r = sub.add_parser("report", help="write results/<stem>.{json,md} of the test bed")
     r.add_argument("--results-dir", type=Path, default=RESULTS)
     for p in (t, r):
         p.add_argument("--workdir", type=Path, default=Path("runs/experiments"))
+        p.add_argument("--testbed", choices=sorted(TESTBEDS), default="headroom")
     args = parser.parse_args(argv)
     if args.command == "train":
-        train(args.variants, args.seeds, args.workdir)
+        train(args.variants, args.seeds, args.workdir, args.testbed)
     else:
-        study = report(args.workdir, args.results_dir)
-        print(markdown(study))
+        study = report(args.workdir, args.results_dir, args.testbed)
+        print(markdown(study, reading(args.testbed, args.results_dir)))
     return 0
 
 

@@ -70,9 +70,9 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
             ua = base["conformer"] + delta + 0.002 * seed + 0.01 * rng.random()
             cells.append({"backbone": "conformer", "variant": variant, "fold": -1,
                           "seed": seed, "test": {"ua": ua - 0.01}, "test_last": {"ua": ua}})
-    monkeypatch.setattr(hrf_study, "collect", lambda workdir: {
+    monkeypatch.setattr(hrf_study, "collect", lambda workdir, testbed: {
         "cells": cells, "machine": {"platform": "p", "jax": "j", "devices": ["cpu"]}})
-    monkeypatch.setattr(hrf_study, "reference_classifiers", lambda workdir: {
+    monkeypatch.setattr(hrf_study, "reference_classifiers", lambda workdir, testbed: {
         "probe": {"ua": 0.30}, "oracle": {"ua": 0.70}, "corpus_options": {}})
     study = hrf_study.report(tmp_path, tmp_path)
     on_disk = json.loads((tmp_path / "hrf_study.json").read_text())
@@ -91,3 +91,7 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
     assert study["contrasts"]["hrf4_vs_lr_control"]["seeds"] == list(range(10))
     assert "hrf4_fp_vs_light" not in study["contrasts"]  # no runs: no row
     assert "Gate passed: **True**" in (tmp_path / "hrf_study.md").read_text()
+    # a second test bed writes its own files and names its corpus size
+    hrf_study.report(tmp_path, tmp_path, "headroom_4x")
+    bed = json.loads((tmp_path / "hrf_study_4x.json").read_text())["testbed"]
+    assert bed["name"] == "headroom_4x" and bed["overrides"]["dataset.num_utterances"] == 19200
