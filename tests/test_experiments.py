@@ -19,6 +19,15 @@ def test_grid_names_and_cells():
     assert get_grid("synthetic_all").backbones == ("conformer", "speechformer", "convtransformer")
     with pytest.raises(ValueError, match="unknown dataset"):
         get_grid("emodb_conformer")
+    # the baselines' per-model needs (grids.BASELINE_RECIPES): large post-LN stacks get a
+    # lower peak lr and longer warm-up, the ConvTransformer large runs pre-LN
+    synthetic = get_grid("synthetic_all")
+    ct = run_config(synthetic, "convtransformer", "large", -1, 0)
+    assert (ct.model.arch, ct.optimizer.lr, ct.optimizer.warmup_fraction) == (
+        "pre_ln=True", 3e-4, 0.1)
+    assert run_config(synthetic, "speechformer", "large", -1, 0).optimizer.lr == 3e-4
+    light = run_config(synthetic, "convtransformer", "light", -1, 0)
+    assert (light.model.arch, light.optimizer.lr) == ("", 1e-3)
 
 
 def test_tiny_grid_runs_resumes_and_writes_results(tiny_data_dir, tiny_overrides, trained_run,
@@ -95,3 +104,29 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
     hrf_study.report(tmp_path, tmp_path, "headroom_4x")
     bed = json.loads((tmp_path / "hrf_study_4x.json").read_text())["testbed"]
     assert bed["name"] == "headroom_4x" and bed["overrides"]["dataset.num_utterances"] == 19200
+
+
+def test_baseline_checks_see_dead_heads_and_frames(trained_run, monkeypatch):
+    from experiments import baselines
+    from hrf_jax.run import Run
+
+    # trained runs (light + HRF x4): the checks run; the Conformer's frames are not one vector
+    sf = baselines.final_state_checks(trained_run("speechformer"))
+    assert sf["utterances"] >= 1 and "frame_cosine" not in sf
+    assert set(sf["dead_head_units"]) == {"head_0", "head_1"}
+    conformer = baselines.final_state_checks(trained_run("conformer"))
+    assert -1 <= conformer["frame_cosine"] < 0.999 and "dead_head_units" not in conformer
+
+    # a head layer whose every pre-activation is negative is reported all dead
+    variables = Run.variables
+
+    def dead_second_layer(run, which="best"):
+        v = variables(run, which)
+        head = v["params"]["head_1"]
+        v["params"]["head_1"] = {**head, "bias": head["bias"] - 1e4}
+        return v
+
+    monkeypatch.setattr(Run, "variables", dead_second_layer)
+    sf = baselines.final_state_checks(trained_run("speechformer"))
+    width = sf["dead_head_units"]["head_1"].split("/")[1]
+    assert sf["dead_head_units"]["head_1"] == f"{width}/{width}"

@@ -117,6 +117,10 @@ class SpeechFormerConfig:
     # (12-64 units) that killed every ReLU and left the model at chance on the synthetic
     # corpus (experiments/results/synthetic_all.md, first run), so 0.1 is the default here.
     head_dropout: float = 0.1
+    # The head's hidden layers are d/2 and d/4 wide (the official head); at light widths
+    # (d = 48: 24 and 12 units) about half of those ReLUs die in training and some seeds lose
+    # all of the second layer, which leaves the model at chance. A floor keeps them wider.
+    head_min_width: int = 0
     attention_dropout: float = 0.0  # on the attention weights, while training
     ln_epsilon: float = 1e-6  # every LayerNorm
     pe_placement: str = "residual"  # "residual" | "attention_input" (every stage-1 layer)
@@ -266,7 +270,8 @@ class SpeechFormer(nn.Module):
                 x = nn.LayerNorm(cfg.ln_epsilon, name=f"merge_{s}_ln")(x)
         x = masked_mean(x, mask)
         d = x.shape[-1]
-        for i, width in enumerate((d // 2, d // 4)):
+        for i, width in enumerate((max(d // 2, cfg.head_min_width),
+                                   max(d // 4, cfg.head_min_width))):
             x = nn.relu(self._dense(width, "head", f"head_{i}")(x))
             x = Dropout(cfg.head_dropout, deterministic=not train)(x)
         return self._dense(self.num_classes, "head", "classifier")(x)
