@@ -1,7 +1,7 @@
 """Do the baselines train? (issue #13, item 2): probes of the grids' recipe per backbone and
 size on the synthetic corpus, and two checks of how a run that fails has failed.
 
-    python -m experiments.baselines train --probes sf_light sf_light_e24 --seeds 0 1 2
+    python -m experiments.baselines train --probes sf_light sf_light_e8 --seeds 0 1 2
     python -m experiments.baselines report      # results/baselines.json and .md
 
 Each probe is one ``experiments.run`` cell (grid, variant) with config overrides, run in
@@ -35,13 +35,16 @@ from hrf_jax.hugepages import exec_with_hugepages
 
 # probe -> (grid, variant, overrides) on the grids' recipe (AdamW, lr 1e-3, 5 % warm-up,
 # cosine, weight decay 1e-2, 8 epochs) with its per-model needs (grids.BASELINE_RECIPES)
+EPOCHS_8 = "--config.train.epochs=8"  # the grids' epochs before SpeechFormer's were tripled
 PROBES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "sf_light": ("synthetic_speechformer", "light", ()),
-    "sf_light_e24": ("synthetic_speechformer", "light", ("--config.train.epochs=24",)),
-    "sf_light_head32": ("synthetic_speechformer", "light",
-                        ("--config.model.arch=head_min_width=32",)),
-    "sf_light_heads4": ("synthetic_speechformer", "light", ("--config.model.arch=num_heads=4",)),
-    "sf_light_lr3e-3": ("synthetic_speechformer", "light", ("--config.optimizer.lr=3e-3",)),
+    "sf_light": ("synthetic_speechformer", "light", ()),  # 24 epochs since this diagnosis
+    "sf_light_e8": ("synthetic_speechformer", "light", (EPOCHS_8,)),
+    "sf_light_e8_head32": ("synthetic_speechformer", "light",
+                           (EPOCHS_8, "--config.model.arch=head_min_width=32")),
+    "sf_light_e8_heads4": ("synthetic_speechformer", "light",
+                           (EPOCHS_8, "--config.model.arch=num_heads=4")),
+    "sf_light_e8_lr3e-3": ("synthetic_speechformer", "light",
+                           (EPOCHS_8, "--config.optimizer.lr=3e-3")),
     "ct_large": ("synthetic_convtransformer", "large", ()),  # pre-LN since this diagnosis
     "ct_large_post_ln": ("synthetic_convtransformer", "large",
                          ("--config.model.arch=pre_ln=False",)),

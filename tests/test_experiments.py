@@ -25,7 +25,8 @@ def test_grid_names_and_cells():
     ct = run_config(synthetic, "convtransformer", "large", -1, 0)
     assert (ct.model.arch, ct.optimizer.lr, ct.optimizer.warmup_fraction) == (
         "pre_ln=True", 3e-4, 0.1)
-    assert run_config(synthetic, "speechformer", "large", -1, 0).optimizer.lr == 3e-4
+    sf = run_config(synthetic, "speechformer", "large", -1, 0)
+    assert (sf.optimizer.lr, sf.train.epochs) == (3e-4, 3 * synthetic.base.train.epochs)
     light = run_config(synthetic, "convtransformer", "light", -1, 0)
     assert (light.model.arch, light.optimizer.lr) == ("", 1e-3)
 
