@@ -34,7 +34,8 @@ from experiments.run import RESULTS, run_grid
 from hrf_jax.hugepages import exec_with_hugepages
 
 # probe -> (grid, variant, overrides) on the grids' recipe (AdamW, lr 1e-3, 5 % warm-up,
-# cosine, weight decay 1e-2, 8 epochs) with its per-model needs (grids.BASELINE_RECIPES)
+# cosine, weight decay 1e-2, 8 epochs) with its per-model needs (grids.BASELINE_RECIPES,
+# grids.EPOCH_SCALE); a probe named for an earlier recipe overrides it back
 EPOCHS_8 = "--config.train.epochs=8"  # the grids' epochs before SpeechFormer's were tripled
 PROBES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sf_light": ("synthetic_speechformer", "light", ()),  # 24 epochs since this diagnosis
@@ -48,9 +49,9 @@ PROBES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "ct_large": ("synthetic_convtransformer", "large", ()),  # pre-LN since this diagnosis
     "ct_large_post_ln": ("synthetic_convtransformer", "large",
                          ("--config.model.arch=pre_ln=False",)),
-    "cf_large": ("synthetic_conformer", "large", ()),
-    "cf_large_lr3e-4": ("synthetic_conformer", "large",
-                        ("--config.optimizer.lr=3e-4", "--config.optimizer.warmup_fraction=0.1")),
+    "cf_large": ("synthetic_conformer", "large", ()),  # lr 3e-4, 10 % warm-up since then
+    "cf_large_lr1e-3": ("synthetic_conformer", "large",
+                        ("--config.optimizer.lr=1e-3", "--config.optimizer.warmup_fraction=0.05")),
 }
 CHECK_UTTERANCES, CHECK_FRAMES, COSINE_PAIRS = 16, 300, 200
 

@@ -19,12 +19,13 @@ def test_grid_names_and_cells():
     assert get_grid("synthetic_all").backbones == ("conformer", "speechformer", "convtransformer")
     with pytest.raises(ValueError, match="unknown dataset"):
         get_grid("emodb_conformer")
-    # the baselines' per-model needs (grids.BASELINE_RECIPES): large post-LN stacks get a
-    # lower peak lr and longer warm-up, the ConvTransformer large runs pre-LN
+    # the baselines' per-model needs (grids.BASELINE_RECIPES): large models get a lower peak
+    # lr and longer warm-up, the ConvTransformer large runs pre-LN
     synthetic = get_grid("synthetic_all")
     ct = run_config(synthetic, "convtransformer", "large", -1, 0)
     assert (ct.model.arch, ct.optimizer.lr, ct.optimizer.warmup_fraction) == (
         "pre_ln=True", 3e-4, 0.1)
+    assert run_config(synthetic, "conformer", "large", -1, 0).optimizer.lr == 3e-4
     sf = run_config(synthetic, "speechformer", "large", -1, 0)
     assert (sf.optimizer.lr, sf.train.epochs) == (3e-4, 3 * synthetic.base.train.epochs)
     light = run_config(synthetic, "convtransformer", "light", -1, 0)
