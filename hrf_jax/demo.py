@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hrf_jax.config import default_config
+from hrf_jax.config import LARGE_MODEL_OPTIMIZER, default_config
 from hrf_jax.deploy import merge_run
 from hrf_jax.evaluate import split_probs
 from hrf_jax.logs import get_logger
@@ -34,7 +34,9 @@ STUDY_POINTER = ("experiments/results/hrf_study.md (Conformer light, 10 seeds pe
 def demo_config(backbone: str, size: str, hrf_ratio: int, *, epochs: int, seed: int,
                 num_utterances: int, num_speakers: int, batch_size: int, max_frames: int,
                 data_dir: str, progress: bool):
-    """The shared recipe: only the model size and the HRF ratio differ between the runs."""
+    """The shared recipe: the runs differ in the model size and the HRF ratio, and the large
+    model gets the large models' optimizer (``LARGE_MODEL_OPTIMIZER``: at the light models'
+    peak learning rate a large Conformer diverges or trails light)."""
     config = default_config()
     config.dataset.data_dir = data_dir
     config.dataset.num_utterances = num_utterances
@@ -43,6 +45,8 @@ def demo_config(backbone: str, size: str, hrf_ratio: int, *, epochs: int, seed: 
     config.model.backbone = backbone
     config.model.size = size
     config.model.hrf_ratio = hrf_ratio
+    if size == "large":
+        config.optimizer.update(LARGE_MODEL_OPTIMIZER)
     config.train.epochs = epochs
     config.train.seed = seed
     config.train.max_frames = max_frames

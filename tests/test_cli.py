@@ -156,3 +156,19 @@ def test_demo_with_tiny_settings(trained_run, tiny_data_dir, tmp_path):
     assert results["merge"]["max_abs_err"] < 1e-4
     assert models["light_hrf_merged"]["wa"] == models["light_hrf"]["wa"]
     assert np.isfinite(models["light_hrf_merged"]["flops"])
+
+
+def test_demo_runs_differ_in_size_ratio_and_the_large_models_optimizer():
+    from hrf_jax.config import LARGE_MODEL_OPTIMIZER
+    from hrf_jax.demo import demo_config
+
+    kwargs = dict(epochs=6, seed=0, num_utterances=960, num_speakers=0, batch_size=32,
+                  max_frames=160, data_dir="", progress=False)
+    flat = lambda c: {f"{s}.{k}": v for s, fields in c.to_dict().items()
+                      for k, v in fields.items()}
+    light = flat(demo_config("conformer", "light", 0, **kwargs))
+    hrf = flat(demo_config("conformer", "light", 4, **kwargs))
+    large = flat(demo_config("conformer", "large", 0, **kwargs))
+    assert {k for k in light if light[k] != hrf[k]} == {"model.hrf_ratio"}
+    assert {k: large[k] for k in light if light[k] != large[k]} == {
+        "model.size": "large", **{f"optimizer.{k}": v for k, v in LARGE_MODEL_OPTIMIZER.items()}}
