@@ -83,6 +83,8 @@ def final_state_checks(run_dir: Path) -> dict[str, Any]:
             crops.append(x[:CHECK_FRAMES])
         if len(crops) == CHECK_UTTERANCES:
             break
+    if not crops:
+        raise ValueError(f"{run_dir}: no test utterance has {CHECK_FRAMES} frames to check")
     feats = np.stack(crops)
     _, state = run.model().apply(run.variables("last"), feats, np.ones(feats.shape[:2], bool),
                                  capture_intermediates=True, mutable=["intermediates"])

@@ -118,8 +118,8 @@ class SpeechFormerConfig:
     # corpus (experiments/results/synthetic_all.md, first run), so 0.1 is the default here.
     head_dropout: float = 0.1
     # The head's hidden layers are d/2 and d/4 wide (the official head); at light widths
-    # (d = 48: 24 and 12 units) about half of those ReLUs die in training and some seeds lose
-    # all of the second layer, which leaves the model at chance. A floor keeps them wider.
+    # (d = 48: 24 and 12 units) a run that loses a whole layer's ReLUs stays at chance. A
+    # floor keeps them wider (a probe: it did not keep them alive, results/baselines.md).
     head_min_width: int = 0
     attention_dropout: float = 0.0  # on the attention weights, while training
     ln_epsilon: float = 1e-6  # every LayerNorm
