@@ -48,7 +48,7 @@ PROBES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                            (EPOCHS_8, "--config.optimizer.lr=3e-3")),
     "ct_large": ("synthetic_convtransformer", "large", ()),  # pre-LN since this diagnosis
     "ct_large_post_ln": ("synthetic_convtransformer", "large",
-                         ("--config.model.arch=pre_ln=False",)),
+                         ("--config.model.arch=",)),  # the model default: post-LN
     "cf_large": ("synthetic_conformer", "large", ()),  # lr 3e-4, 10 % warm-up since then
     "cf_large_lr1e-3": ("synthetic_conformer", "large",
                         ("--config.optimizer.lr=1e-3", "--config.optimizer.warmup_fraction=0.05")),
