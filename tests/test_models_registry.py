@@ -9,7 +9,7 @@ import pytest
 
 from hrf_jax import build_model
 from hrf_jax.models import BACKBONES, SIZES, get_config, list_configs, supported_targets
-from hrf_jax.models.table import HRF_RATIOS, parse
+from hrf_jax.models.table import HRF_RATIOS, forward_flops, parse
 from hrf_jax.models.table import param_count as _param_count
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -37,6 +37,15 @@ def test_readme_table_parameter_counts_match_the_models():
         for r in HRF_RATIOS:
             cell = row[f"params HRF x{r}"].replace(",", "")
             assert int(cell) == param_count(backbone, size, r), (backbone, size, r)
+
+
+def test_readme_table_flops_match_the_light_models():
+    # XLA's count follows the compiled program, so a change of an inference form (im2col,
+    # local attention) changes it: the table must be rewritten with such a change
+    rows = {(r["backbone"], r["size"]): r for r in parse(README.read_text())}
+    for backbone in BACKBONES:
+        cell = float(rows[(backbone, "light")]["MFLOPs (3 s)"].replace(",", ""))
+        assert cell == round(forward_flops(backbone, "light") / 1e6, 1), backbone
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

@@ -91,7 +91,10 @@ def render(rows: list[dict[str, str]]) -> str:
         f"{NUM_CLASSES} classes; HRF columns use the default target (first FFN linear), "
         "`hrf_base=\"in\"`, depth 1; after `merge_hrf` every HRF model has the plain count. "
         f"FLOPs: XLA cost analysis of one eval forward pass, batch 1, {FRAMES} frames "
-        f"({FRAMES // 100} s at a 10 ms hop). SpeechFormer widths and FFN widths are per stage."
+        f"({FRAMES // 100} s at a 10 ms hop), counted on the program this checkout compiles "
+        "(im2col convs, the windowed attention's form), so it moves when an inference form "
+        "changes (the light rows are checked by a test). SpeechFormer widths and FFN widths "
+        "are per stage."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 
