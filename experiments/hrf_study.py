@@ -5,11 +5,14 @@ learning-rate effect? Paired by seed, on a test bed with demonstrated headroom.
     python -m experiments.hrf_study train --variants light light_hrf4 light_lr5 --seeds 0 ... 9
     python -m experiments.hrf_study report
     python -m experiments.hrf_study train --testbed headroom_4x --variants light medium ...
+    python -m experiments.hrf_study train --backbone convtransformer --variants light ...
 
 ``train`` runs the missing cells seed by seed (every variant of seed 0, then of seed 1, ...,
 so an interrupted study leaves paired runs); each cell is an ``experiments.run`` cell of the
-grid ``synthetic_headroom_conformer`` with a test bed of ``TESTBEDS`` (corpus size and recipe)
-and resumes from its checkpoint. ``report`` writes ``experiments/results/<stem>.json`` and
+grid ``synthetic_headroom_<backbone>`` (Conformer by default: the gate and the first tiers;
+ConvTransformer and SpeechFormer light are later tiers, their contrasts prefixed with the
+backbone) with a test bed of ``TESTBEDS`` (corpus size and recipe) and resumes from its
+checkpoint. ``report`` writes ``experiments/results/<stem>.json`` and
 ``.md`` (``hrf_study`` for the first test bed): the test-bed gate (``GATE``) and every
 contrast of ``CONTRASTS`` whose runs exist, from the per-seed values it lists. Variants a
 seed pairs with must share that seed's data order and initial values: the data order depends
@@ -35,14 +38,17 @@ from typing import Any
 
 import numpy as np
 
-from experiments.grids import VARIANTS, get_grid, run_config
+from experiments.grids import EPOCH_SCALE, VARIANTS, get_grid, run_config
 from experiments.run import RESULTS, run_grid
 from experiments.stats import contrast, scores_by_seed
 from hrf_jax.config import apply_overrides
 from hrf_jax.hugepages import exec_with_hugepages
 
-GRID = "synthetic_headroom_conformer"
-BACKBONE = "conformer"
+DATASET = "synthetic_headroom"
+GRID = f"{DATASET}_conformer"
+BACKBONE = "conformer"  # the gate's and the first tiers' backbone
+# the backbones of the later tiers: the same variants and contrasts, names prefixed
+OTHER_BACKBONES = ("convtransformer", "speechformer")
 RECIPE = "AdamW, lr 1e-3, 5 % warm-up, cosine to 1e-5, weight decay 1e-2, clip 1.0, batch 32"
 # name -> the test bed: hrf-jax config overrides, each fixed with plain light and medium
 # models only, before any HRF run on it (git history: the commit that added a bed precedes
@@ -72,8 +78,16 @@ GATE = {"large_vs_light": 5.0, "light_vs_probe": 10.0, "oracle_vs_large": 5.0}  
 MIN_GATE_SEEDS = 5
 
 
-def overrides(testbed: str) -> list[str]:
-    return [f"--config.{k}={v}" for k, v in TESTBEDS[testbed]["overrides"].items()]
+def bed_fields(testbed: str, backbone: str = BACKBONE) -> dict[str, Any]:
+    """The test bed's config fields for ``backbone``: a backbone whose recipe trains longer
+    (``grids.EPOCH_SCALE``: SpeechFormer 3x) does so on the bed too."""
+    fields = dict(TESTBEDS[testbed]["overrides"])
+    fields["train.epochs"] *= EPOCH_SCALE.get(backbone, 1)
+    return fields
+
+
+def overrides(testbed: str, backbone: str = BACKBONE) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in bed_fields(testbed, backbone).items()]
 
 
 def reading(testbed: str, results_dir: Path = RESULTS) -> Path:
@@ -82,21 +96,28 @@ def reading(testbed: str, results_dir: Path = RESULTS) -> Path:
 
 
 def train(variants: Sequence[str], seeds: Sequence[int], workdir: Path,
-          testbed: str = "headroom") -> None:
-    """Every missing (variant, seed) cell, seed-major."""
-    grid = get_grid(GRID)
+          testbed: str = "headroom", backbone: str = BACKBONE) -> None:
+    """Every missing (variant, seed) cell of ``backbone``, seed-major."""
+    grid = get_grid(f"{DATASET}_{backbone}")
     grid.variants = tuple(variants)
     for seed in seeds:
         grid.seeds = (seed,)
-        run_grid(grid, workdir, overrides(testbed))
+        run_grid(grid, workdir, overrides(testbed, backbone))
 
 
 def collect(workdir: Path, testbed: str = "headroom") -> dict[str, Any]:
-    """The finished cells of every variant (``experiments.run``'s result dict)."""
-    grid = get_grid(GRID)
-    grid.variants = tuple(VARIANTS)
-    grid.seeds = tuple(range(100))
-    return run_grid(grid, workdir, overrides(testbed), collect_only=True)
+    """The finished cells of every backbone and variant (``experiments.run``'s result dict)."""
+    result: dict[str, Any] = {}
+    for backbone in (BACKBONE, *OTHER_BACKBONES):
+        grid = get_grid(f"{DATASET}_{backbone}")
+        grid.variants = tuple(VARIANTS)
+        grid.seeds = tuple(range(100))
+        found = run_grid(grid, workdir, overrides(testbed, backbone), collect_only=True)
+        if not result:
+            result = found
+        else:
+            result["cells"] += found["cells"]
+    return result
 
 
 def reference_classifiers(workdir: Path, testbed: str = "headroom") -> dict[str, Any]:
@@ -124,13 +145,16 @@ def reference_classifiers(workdir: Path, testbed: str = "headroom") -> dict[str,
     return refs
 
 
-def _contrast_entry(result: dict, a: str, b: str, name: str, min_seeds: int = 2
+def _contrast_entry(result: dict, a: str, b: str, name: str, min_seeds: int = 2,
+                    backbone: str = BACKBONE, testbed: str = "headroom"
                     ) -> dict[str, Any] | None:
     """The contrast ``b - a`` on the seeds both ran (None below ``min_seeds``)."""
-    entry: dict[str, Any] = {"backbone": BACKBONE, "recipe": RECIPE, "a": a, "b": b}
+    epochs = bed_fields(testbed, backbone)["train.epochs"]
+    entry: dict[str, Any] = {"backbone": backbone, "recipe": f"{RECIPE}, {epochs} epochs",
+                             "a": a, "b": b}
     for endpoint, key in (("test_last", "primary"), ("test", "secondary")):
-        sa = scores_by_seed(result, BACKBONE, a, endpoint=endpoint)
-        sb = scores_by_seed(result, BACKBONE, b, endpoint=endpoint)
+        sa = scores_by_seed(result, backbone, a, endpoint=endpoint)
+        sb = scores_by_seed(result, backbone, b, endpoint=endpoint)
         common = sorted(set(sa) & set(sb))
         if len(common) < min_seeds:
             return None
@@ -146,13 +170,14 @@ def _contrast_entry(result: dict, a: str, b: str, name: str, min_seeds: int = 2
     return entry
 
 
-def gate(result: dict, refs: dict) -> dict[str, Any]:
+def gate(result: dict, refs: dict, testbed: str = "headroom") -> dict[str, Any]:
     light = scores_by_seed(result, BACKBONE, "light", endpoint="test_last")
     big = scores_by_seed(result, BACKBONE, GATE_MODEL, endpoint="test_last")
     out: dict[str, Any] = {"model": f"{GATE_MODEL} (light, {VARIANTS[GATE_MODEL]['arch']})",
                            "thresholds_points": GATE}
     # listed from one seed on, so a gate short of seeds still shows what it has
-    paired = _contrast_entry(result, "light", GATE_MODEL, "large_vs_light", min_seeds=1)
+    paired = _contrast_entry(result, "light", GATE_MODEL, "large_vs_light", min_seeds=1,
+                             testbed=testbed)
     if paired is not None:
         out["large_vs_light"] = {**paired, "pass": bool(
             paired["mean"] >= GATE["large_vs_light"] and paired["ci95"][0] > 0
@@ -176,13 +201,18 @@ def report(workdir: Path, results_dir: Path, testbed: str = "headroom") -> dict[
     result = collect(workdir, testbed)
     refs = reference_classifiers(workdir, testbed)
     contrasts = {}
-    for name, (a, b) in CONTRASTS.items():
-        entry = _contrast_entry(result, a, b, name)
-        if entry is not None:
-            contrasts[name] = entry
+    for backbone in (BACKBONE, *OTHER_BACKBONES):
+        for name, (a, b) in CONTRASTS.items():
+            # the first tiers' names as the issue gives them; later backbones prefixed
+            key = name if backbone == BACKBONE else f"{backbone}_{name}"
+            entry = _contrast_entry(result, a, b, key, backbone=backbone, testbed=testbed)
+            if entry is not None:
+                contrasts[key] = entry
     runs: dict[str, list[int]] = {}
     for cell in result["cells"]:
-        runs.setdefault(cell["variant"], []).append(cell["seed"])
+        name = (cell["variant"] if cell["backbone"] == BACKBONE
+                else f"{cell['backbone']} {cell['variant']}")
+        runs.setdefault(name, []).append(cell["seed"])
     study = {
         "command": " ".join(["python -m experiments.hrf_study", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -192,7 +222,7 @@ def report(workdir: Path, results_dir: Path, testbed: str = "headroom") -> dict[
         "testbed": {"name": testbed, "grid": GRID, "recipe": RECIPE,
                     "overrides": TESTBEDS[testbed]["overrides"],
                     "corpus_options": refs["corpus_options"]},
-        "gate": gate(result, refs),
+        "gate": gate(result, refs, testbed),
         "reference_classifiers": {k: refs[k] for k in ("probe", "oracle")},
         "runs": {k: sorted(v) for k, v in runs.items()},
         "contrasts": contrasts,
@@ -215,7 +245,7 @@ def _git_head() -> str:
 
 def markdown(study: dict, reading_file: Path | None = None) -> str:
     g = study["gate"]
-    lines = ["# The HRF study (issue #13): Conformer light on the headroom test bed", "",
+    lines = ["# The HRF study (issue #13): light models on the headroom test bed", "",
              f"Command: `{study['command']}` at commit {study['commit']}, {study['date']}; "
              f"{study['machine']['cpus']} CPUs, {study['machine']['platform']}, "
              f"jax {study['machine']['jax']}.  ",
@@ -225,7 +255,9 @@ def markdown(study: dict, reading_file: Path | None = None) -> str:
              "UA in points; primary endpoint: test UA of the final state; secondary: test UA "
              "of the checkpoint chosen on validation UA. Contrasts are b - a, paired by seed; "
              "95 % CI: percentile bootstrap of the mean (10,000 resamples); Wilcoxon: exact "
-             "two-sided signed-rank; TOST: paired t, equivalence margin ±1 point.", "",
+             "two-sided signed-rank; TOST: paired t, equivalence margin ±1 point. "
+             "Unprefixed contrasts are the Conformer's; a backbone prefix names a later tier "
+             "(its recipe, with its epochs, is in the JSON).", "",
              "## Gate", "", "| check | value | threshold | pass |", "|---|---|---|---|"]
     if "large_vs_light" in g:
         e = g["large_vs_light"]
@@ -271,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = sub.add_parser("train", help="run the missing cells, seed by seed")
     t.add_argument("--variants", nargs="+", required=True, choices=sorted(VARIANTS))
     t.add_argument("--seeds", type=int, nargs="+", required=True)
+    t.add_argument("--backbone", choices=(BACKBONE, *OTHER_BACKBONES), default=BACKBONE)
     r = sub.add_parser("report", help="write results/<stem>.{json,md} of the test bed")
     r.add_argument("--results-dir", type=Path, default=RESULTS)
     for p in (t, r):
@@ -278,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--testbed", choices=sorted(TESTBEDS), default="headroom")
     args = parser.parse_args(argv)
     if args.command == "train":
-        train(args.variants, args.seeds, args.workdir, args.testbed)
+        train(args.variants, args.seeds, args.workdir, args.testbed, args.backbone)
     else:
         study = report(args.workdir, args.results_dir, args.testbed)
         print(markdown(study, reading(args.testbed, args.results_dir)))

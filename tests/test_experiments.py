@@ -81,6 +81,10 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
             ua = base["conformer"] + delta + 0.002 * seed + 0.01 * rng.random()
             cells.append({"backbone": "conformer", "variant": variant, "fold": -1,
                           "seed": seed, "test": {"ua": ua - 0.01}, "test_last": {"ua": ua}})
+    for variant, delta in (("light", 0.0), ("light_hrf4", 0.02)):  # a later tier's backbone
+        for seed in range(3):
+            cells.append({"backbone": "speechformer", "variant": variant, "fold": -1,
+                          "seed": seed, "test": {"ua": 0.4 + delta}, "test_last": {"ua": 0.4}})
     monkeypatch.setattr(hrf_study, "collect", lambda workdir, testbed: {
         "cells": cells, "machine": {"platform": "p", "jax": "j", "devices": ["cpu"]}})
     monkeypatch.setattr(hrf_study, "reference_classifiers", lambda workdir, testbed: {
@@ -101,6 +105,11 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
                                                     hrf["primary"]["a_ua"]), atol=1e-3)
     assert study["contrasts"]["hrf4_vs_lr_control"]["seeds"] == list(range(10))
     assert "hrf4_fp_vs_light" not in study["contrasts"]  # no runs: no row
+    later = study["contrasts"]["speechformer_hrf4_vs_light"]
+    assert later["backbone"] == "speechformer" and later["secondary"]["mean"] == pytest.approx(2)
+    assert "18 epochs" in later["recipe"] and "6 epochs" in hrf["recipe"]  # its 3x recipe
+    assert "speechformer_lr_control_vs_light" not in study["contrasts"]
+    assert hrf_study.overrides("headroom", "speechformer")[-1] == "--config.train.epochs=18"
     assert "Gate passed: **True**" in (tmp_path / "hrf_study.md").read_text()
     # a second test bed writes its own files and names its corpus size
     hrf_study.report(tmp_path, tmp_path, "headroom_4x")
