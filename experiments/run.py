@@ -28,7 +28,7 @@ from hrf_jax.hugepages import exec_with_hugepages
 from hrf_jax.loop import fit
 from hrf_jax.metrics import mean_std
 from hrf_jax.population_loop import fit_population
-from hrf_jax.run import FINAL
+from hrf_jax.run import FINAL, check_same_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,6 +51,9 @@ def run_grid(grid, workdir: Path, overrides: Sequence[str] = (),
                     where = (workdir / grid.base.dataset.name / backbone / variant
                              / f"fold{fold}" / f"seed{seed}")
                     if (where / FINAL).is_file():
+                        # a finished run of another corpus or model (another test bed in the
+                        # same workdir) must not be read as this cell's
+                        check_same_run(where, config)
                         summary = json.loads((where / FINAL).read_text())
                     elif collect_only:
                         continue

@@ -34,6 +34,20 @@ CHECKPOINTS = ("best", "last", "deploy")
 _TEMPLATE_FRAMES = 16  # every backbone accepts 16 frames; shapes of variables do not depend on T
 
 
+def check_same_run(path: str | Path, config: ml_collections.ConfigDict) -> None:
+    """Raises ``ValueError`` if ``path`` holds a run whose data or model config differs from
+    ``config`` (a workdir with no saved config passes)."""
+    saved = Path(path) / CONFIG_FILE
+    if not saved.is_file():
+        return
+    old, new = json.loads(saved.read_text()), json.loads(config.to_json())
+    for section in ("dataset", "model"):
+        if old.get(section) != new.get(section):
+            raise ValueError(
+                f"{path} holds a run with a different {section} config; use a new "
+                f"--workdir (saved: {old.get(section)}, now: {new.get(section)})")
+
+
 @dataclasses.dataclass
 class Run:
     """A training workdir or a deploy folder.
@@ -70,14 +84,7 @@ class Run:
         """Starts (or continues) a training run; refuses a workdir of another data/model."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        saved = path / CONFIG_FILE
-        if saved.is_file():
-            old, new = json.loads(saved.read_text()), json.loads(config.to_json())
-            for section in ("dataset", "model"):
-                if old.get(section) != new.get(section):
-                    raise ValueError(
-                        f"{path} holds a run with a different {section} config; use a new "
-                        f"--workdir (saved: {old.get(section)}, now: {new.get(section)})")
+        check_same_run(path, config)
         info = json.loads((path / RUN_INFO).read_text()) if (path / RUN_INFO).is_file() else {}
         return cls(path, config, info)
 

@@ -141,3 +141,21 @@ def test_baseline_checks_see_dead_heads_and_frames(trained_run, monkeypatch):
     sf = baselines.final_state_checks(trained_run("speechformer"))
     width = sf["dead_head_units"]["head_1"].split("/")[1]
     assert sf["dead_head_units"]["head_1"] == f"{width}/{width}"
+
+
+def test_a_finished_run_of_another_test_bed_is_refused_not_read(tmp_path):
+    from experiments.run import run_grid
+    from hrf_jax.run import CONFIG_FILE, FINAL
+
+    grid = get_grid("synthetic_headroom_conformer")
+    grid.variants, grid.seeds = ("light",), (0,)
+    where = tmp_path / "synthetic_headroom" / "conformer" / "light" / "fold-1" / "seed0"
+    where.mkdir(parents=True)
+    (where / CONFIG_FILE).write_text(run_config(grid, "conformer", "light", -1, 0).to_json())
+    metrics = {"wa": 0.5, "ua": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5}
+    (where / FINAL).write_text(json.dumps({"test": metrics, "validation": metrics,
+                                           "history": [{"train_acc": 0.5}]}))
+    assert len(run_grid(grid, tmp_path, collect_only=True)["cells"]) == 1
+    bigger = ["--config.dataset.num_utterances=19200"]  # the 4x bed, same workdir
+    with pytest.raises(ValueError, match="seed0 holds a run with a different dataset config"):
+        run_grid(grid, tmp_path, bigger, collect_only=True)
