@@ -7,7 +7,7 @@ size on the synthetic corpus, and two checks of how a run that fails has failed.
 Each probe is one ``experiments.run`` cell (grid, variant) with config overrides, run in
 ``<workdir>/<probe>`` and resumed from its checkpoint. ``report`` lists per probe and seed the
 final-state test UA, the last epoch's training accuracy, and two checks of the final state on
-the first 16 test utterances (3 s crops):
+the first 16 test utterances (3 s crops, or the training crop where shorter):
 
 - ``dead_head_units``: SpeechFormer's MLP head (d -> d/2 -> d/4 ReLU units -> classes): the
   units that are zero for all 16 utterances; when every unit of a layer is dead the logits are
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from experiments.grids import get_grid
+from experiments.hrf_study import overrides as bed_overrides
 from experiments.run import RESULTS, run_grid
 from hrf_jax.hugepages import exec_with_hugepages
 
@@ -37,6 +38,10 @@ from hrf_jax.hugepages import exec_with_hugepages
 # cosine, weight decay 1e-2, 8 epochs) with its per-model needs (grids.BASELINE_RECIPES,
 # grids.EPOCH_SCALE); a probe named for an earlier recipe overrides it back
 EPOCHS_8 = "--config.train.epochs=8"  # the grids' epochs before SpeechFormer's were tripled
+# the HRF study's headroom bed (1.6 s crops, 6 epochs) for the ConvTransformer light, and the
+# model's own default, post-LN, that the grids ran before this diagnosis
+CT_BED = tuple(bed_overrides("headroom", "convtransformer"))
+POST_LN = "--config.model.arch="
 PROBES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sf_light": ("synthetic_speechformer", "light", ()),  # 24 epochs since this diagnosis
     "sf_light_e8": ("synthetic_speechformer", "light", (EPOCHS_8,)),
@@ -48,7 +53,14 @@ PROBES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                            (EPOCHS_8, "--config.optimizer.lr=3e-3")),
     "ct_large": ("synthetic_convtransformer", "large", ()),  # pre-LN since this diagnosis
     "ct_large_post_ln": ("synthetic_convtransformer", "large",
-                         ("--config.model.arch=",)),  # the model default: post-LN
+                         (POST_LN,)),  # the model default
+    "ct_light_headroom": ("synthetic_headroom_convtransformer", "light", CT_BED),  # pre-LN
+    "ct_light_headroom_post_ln": ("synthetic_headroom_convtransformer", "light",
+                                  (*CT_BED, POST_LN)),
+    "ct_light_headroom_post_ln_e18": ("synthetic_headroom_convtransformer", "light",
+                                      (*CT_BED, POST_LN, "--config.train.epochs=18")),
+    "ct_light_headroom_post_ln_lr3e-3": ("synthetic_headroom_convtransformer", "light",
+                                         (*CT_BED, POST_LN, "--config.optimizer.lr=3e-3")),
     "cf_large": ("synthetic_conformer", "large", ()),  # lr 3e-4, 10 % warm-up since then
     "cf_large_lr1e-3": ("synthetic_conformer", "large",
                         ("--config.optimizer.lr=1e-3", "--config.optimizer.warmup_fraction=0.05")),
@@ -72,25 +84,27 @@ def train(probes: Sequence[str], seeds: Sequence[int], workdir: Path) -> None:
 def final_state_checks(run_dir: Path) -> dict[str, Any]:
     """``dead_head_units`` (SpeechFormer) and ``frame_cosine`` (Conformer, ConvTransformer: the
     models that expose their encoder output) of a finished run's last state, on the first
-    test utterances of at least 3 s, cropped to 3 s (no padding anywhere)."""
+    test utterances of at least 3 s (or the run's training crop where shorter), cropped to
+    that length (no padding anywhere)."""
     from hrf_jax.run import Run
 
     run = Run.load(run_dir)
+    frames = min(CHECK_FRAMES, run.config.train.max_frames or CHECK_FRAMES)
     test = run.dataset().test
     crops = []
     for i in range(len(test)):
         x = test[i]["feats"]
-        if len(x) >= CHECK_FRAMES:
-            crops.append(x[:CHECK_FRAMES])
+        if len(x) >= frames:
+            crops.append(x[:frames])
         if len(crops) == CHECK_UTTERANCES:
             break
     if not crops:
-        raise ValueError(f"{run_dir}: no test utterance has {CHECK_FRAMES} frames to check")
+        raise ValueError(f"{run_dir}: no test utterance has {frames} frames to check")
     feats = np.stack(crops)
     _, state = run.model().apply(run.variables("last"), feats, np.ones(feats.shape[:2], bool),
                                  capture_intermediates=True, mutable=["intermediates"])
     inter = state["intermediates"]
-    out: dict[str, Any] = {"utterances": len(crops)}
+    out: dict[str, Any] = {"utterances": len(crops), "frames": frames}
     heads = {name: np.asarray(inter[name]["__call__"][0]) for name in ("head_0", "head_1")
              if name in inter}
     if heads:  # ReLU(Dense(x)) units that are zero for every utterance

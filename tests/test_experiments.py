@@ -29,7 +29,7 @@ def test_grid_names_and_cells():
     sf = run_config(synthetic, "speechformer", "large", -1, 0)
     assert (sf.optimizer.lr, sf.train.epochs) == (3e-4, 3 * synthetic.base.train.epochs)
     light = run_config(synthetic, "convtransformer", "light", -1, 0)
-    assert (light.model.arch, light.optimizer.lr) == ("", 1e-3)
+    assert (light.model.arch, light.optimizer.lr) == ("pre_ln=True", 1e-3)  # both sizes
 
 
 def test_tiny_grid_runs_resumes_and_writes_results(tiny_data_dir, tiny_overrides, trained_run,
