@@ -182,6 +182,11 @@ def gate(result: dict, refs: dict, testbed: str = "headroom") -> dict[str, Any]:
         out["large_vs_light"] = {**paired, "pass": bool(
             paired["mean"] >= GATE["large_vs_light"] and paired["ci95"][0] > 0
             and len(paired["seeds"]) >= MIN_GATE_SEEDS)}
+    # the large config where it was run on the bed: shown beside the gate, not part of it
+    large = _contrast_entry(result, "light", "large", "large_config_vs_light", min_seeds=1,
+                            testbed=testbed)
+    if large is not None:
+        out["large_config_vs_light"] = large
     probe, oracle = 100 * refs["probe"]["ua"], 100 * refs["oracle"]["ua"]
     if light:
         light_mean = float(np.mean(list(light.values())))
@@ -265,6 +270,11 @@ def markdown(study: dict, reading_file: Path | None = None) -> str:
                      f"[{e['ci95'][0]:+.2f}, {e['ci95'][1]:+.2f}] | >= "
                      f"{g['thresholds_points']['large_vs_light']:g}, CI > 0, >= "
                      f"{MIN_GATE_SEEDS} seeds | {e['pass']} |")
+    if "large_config_vs_light" in g:
+        e = g["large_config_vs_light"]
+        n = len(e["seeds"])
+        lines.append(f"| large config - light ({n} seed{'s' * (n > 1)}; not a gate check) | "
+                     f"{e['mean']:+.2f} | - | - |")
     if "light_vs_probe" in g:
         e = g["light_vs_probe"]
         lines.append(f"| light ({e['light_ua']:.2f}) - mean+std probe ({e['probe_ua']:.2f}) | "

@@ -81,6 +81,8 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
             ua = base["conformer"] + delta + 0.002 * seed + 0.01 * rng.random()
             cells.append({"backbone": "conformer", "variant": variant, "fold": -1,
                           "seed": seed, "test": {"ua": ua - 0.01}, "test_last": {"ua": ua}})
+    cells.append({"backbone": "conformer", "variant": "large", "fold": -1, "seed": 0,
+                  "test": {"ua": 0.4}, "test_last": {"ua": 0.4}})  # beside the gate
     for variant, delta in (("light", 0.0), ("light_hrf4", 0.02)):  # a later tier's backbone
         for seed in range(3):
             cells.append({"backbone": "speechformer", "variant": variant, "fold": -1,
@@ -97,6 +99,8 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
     assert gate["large_vs_light"]["seeds"] == list(range(6))
     assert gate["large_vs_light"]["pass"] and gate["light_vs_probe"]["pass"]
     assert gate["oracle_vs_large"]["pass"] and gate["passed"]
+    assert gate["large_config_vs_light"]["seeds"] == [0] and "pass" not in gate[
+        "large_config_vs_light"]
     hrf = study["contrasts"]["hrf4_vs_light"]
     assert hrf["seeds"] == list(range(6))  # only the seeds both variants ran
     assert np.isclose(hrf["mean"], np.mean(hrf["delta_ua"]), atol=1e-3)
