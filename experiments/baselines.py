@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.grids import get_grid
+from experiments.grids import RECIPES, get_grid
 from experiments.hrf_study import overrides as bed_overrides
 from experiments.run import RESULTS, run_grid
 from hrf_jax.hugepages import exec_with_hugepages
@@ -42,6 +42,8 @@ EPOCHS_8 = "--config.train.epochs=8"  # the grids' epochs before SpeechFormer's 
 # model's own default, post-LN, that the grids ran before this diagnosis
 CT_BED = tuple(bed_overrides("headroom", "convtransformer"))
 POST_LN = "--config.model.arch="
+SF_BED = tuple(bed_overrides("headroom", "speechformer"))  # 18 epochs: SpeechFormer's 3x
+SF_OFFICIAL = tuple(f"--config.{k}={v}" for k, v in RECIPES["speechformer_official"].items())
 PROBES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sf_light": ("synthetic_speechformer", "light", ()),  # 24 epochs since this diagnosis
     "sf_light_e8": ("synthetic_speechformer", "light", (EPOCHS_8,)),
@@ -61,6 +63,11 @@ PROBES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                       (*CT_BED, POST_LN, "--config.train.epochs=18")),
     "ct_light_headroom_post_ln_lr3e-3": ("synthetic_headroom_convtransformer", "light",
                                          (*CT_BED, POST_LN, "--config.optimizer.lr=3e-3")),
+    "sf_light_headroom": ("synthetic_headroom_speechformer", "light", SF_BED),
+    "sf_light_headroom_lr3e-4": ("synthetic_headroom_speechformer", "light",
+                                 (*SF_BED, "--config.optimizer.lr=3e-4")),
+    "sf_light_headroom_official": ("synthetic_headroom_speechformer", "light",
+                                   (*SF_BED, *SF_OFFICIAL)),
     "cf_large": ("synthetic_conformer", "large", ()),  # lr 3e-4, 10 % warm-up since then
     "cf_large_lr1e-3": ("synthetic_conformer", "large",
                         ("--config.optimizer.lr=1e-3", "--config.optimizer.warmup_fraction=0.05")),
