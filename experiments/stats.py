@@ -20,10 +20,16 @@ import math
 import sys
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 EXACT_MAX_N = 50  # above: the normal approximation (the exact count grows as n^3)
+
+
+def _seed_order(seed: Hashable) -> tuple[bool, Any]:
+    """Integer seeds in numeric order (10 after 9), then any others by their text."""
+    return (False, seed) if isinstance(seed, int) else (True, str(seed))
 
 
 def pair_by_seed(a: Mapping[Hashable, float], b: Mapping[Hashable, float]
@@ -33,7 +39,7 @@ def pair_by_seed(a: Mapping[Hashable, float], b: Mapping[Hashable, float]
     unpaired = sorted(set(a) ^ set(b), key=str)
     if unpaired:
         raise ValueError(f"seeds {unpaired} have a run in only one of the two variants")
-    seeds = sorted(a, key=str)
+    seeds = sorted(a, key=_seed_order)
     if not seeds:
         raise ValueError("no paired runs")
     return (seeds, np.array([a[s] for s in seeds], np.float64),

@@ -87,6 +87,7 @@ def test_bootstrap_ci_contains_the_mean_is_seeded_and_shrinks_with_n():
 
 def test_pairing_by_seed_refuses_unpaired_runs():
     seeds, a, b = pair_by_seed({2: 1.0, 0: 3.0}, {0: 4.0, 2: 0.5})
+    assert pair_by_seed({10: 0.0, 9: 0.0}, {9: 0.0, 10: 0.0})[0] == [9, 10]  # not as text
     assert seeds == [0, 2] and a.tolist() == [3.0, 1.0] and b.tolist() == [4.0, 0.5]
     with pytest.raises(ValueError, match=r"seeds \[1\]"):
         pair_by_seed({0: 1.0, 1: 2.0}, {0: 1.0})
