@@ -22,7 +22,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(
         {"name": "synthetic", "data_dir": "", "manual_dir": "", "manifest": "",
          "fold": -1, "protocol": "", "normalize": "corpus",
-         "num_utterances": 0, "num_speakers": 0}
+         # synthetic corpora: 0 / negative = the corpus's own default
+         "num_utterances": 0, "num_speakers": 0, "difficulty": -1.0}
     )
     c.model = ml_collections.ConfigDict(
         {"backbone": "conformer", "size": "light", "hrf_ratio": 0, "hrf_depth": 1,

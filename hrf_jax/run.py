@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from hrf_jax.config import config_from_dict, load_config, parse_arch
+from hrf_jax.config import config_from_dict, default_config, load_config, parse_arch
 
 CONFIG_FILE = "config.json"
 RUN_INFO = "run_info.json"
@@ -41,8 +41,10 @@ def check_same_run(path: str | Path, config: ml_collections.ConfigDict) -> None:
     if not saved.is_file():
         return
     old, new = json.loads(saved.read_text()), json.loads(config.to_json())
+    defaults = json.loads(default_config().to_json())
     for section in ("dataset", "model"):
-        if old.get(section) != new.get(section):
+        # a config saved before a field existed holds that field's default
+        if {**defaults[section], **old.get(section, {})} != new.get(section):
             raise ValueError(
                 f"{path} holds a run with a different {section} config; use a new "
                 f"--workdir (saved: {old.get(section)}, now: {new.get(section)})")
@@ -256,7 +258,8 @@ def model_from_config(cfg: ml_collections.ConfigDict, num_classes: int, *, plain
 def dataset_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """Keyword options of ``prepare``/``load_dataset`` set in a ``dataset`` section."""
     opts = {"manifest": cfg.manifest or None, "num_utterances": cfg.num_utterances or None,
-            "num_speakers": cfg.num_speakers or None}
+            "num_speakers": cfg.num_speakers or None,
+            "difficulty": cfg.difficulty if cfg.get("difficulty", -1.0) >= 0 else None}
     return {k: v for k, v in opts.items() if v is not None}
 
 

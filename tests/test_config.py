@@ -40,6 +40,16 @@ def test_config_overrides_parse_and_check_types():
         apply_overrides(config, ["--config.train.epochs=2.5"])
 
 
+def test_synthetic_corpus_options_reach_preparation_only_when_set():
+    from hrf_jax.run import dataset_options
+
+    config = default_config()
+    assert dataset_options(config.dataset) == {}  # the corpus's own defaults
+    apply_overrides(config, ["--config.dataset.difficulty=0", "--config.dataset.num_speakers=12"])
+    # difficulty 0 (prototypical classes) is a value, not "unset"
+    assert dataset_options(config.dataset) == {"difficulty": 0.0, "num_speakers": 12}
+
+
 def test_defaults_validate():
     validate(default_config())
     assert load_config().to_dict() == default_config().to_dict()
