@@ -6,12 +6,14 @@ learning-rate effect? Paired by seed, on a test bed with demonstrated headroom.
     python -m experiments.hrf_study report
     python -m experiments.hrf_study train --testbed headroom_4x --variants light medium ...
     python -m experiments.hrf_study train --backbone convtransformer --variants light ...
+    python -m experiments.hrf_study train --recipe sgd --variants light light_hrf4 light_lr5 ...
 
 ``train`` runs the missing cells seed by seed (every variant of seed 0, then of seed 1, ...,
 so an interrupted study leaves paired runs); each cell is an ``experiments.run`` cell of the
 grid ``synthetic_headroom_<backbone>`` (Conformer by default: the gate and the first tiers;
 ConvTransformer and SpeechFormer light are later tiers, their contrasts prefixed with the
-backbone) with a test bed of ``TESTBEDS`` (corpus size and recipe) and resumes from its
+backbone; ``--recipe sgd`` trains a tier with ``STUDY_RECIPES["sgd"]``, prefixed ``sgd_``) with
+a test bed of ``TESTBEDS`` (corpus size and recipe) and resumes from its
 checkpoint. ``report`` writes ``experiments/results/<stem>.json`` and
 ``.md`` (``hrf_study`` for the first test bed): the test-bed gate (``GATE``) and every
 contrast of ``CONTRASTS`` whose runs exist, from the per-seed values it lists. Variants a
@@ -38,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.grids import EPOCH_SCALE, VARIANTS, get_grid, run_config
+from experiments.grids import EPOCH_SCALE, RECIPES, VARIANTS, get_grid, run_config
 from experiments.run import RESULTS, run_grid
 from experiments.stats import contrast, scores_by_seed
 from hrf_jax.config import apply_overrides
@@ -50,6 +52,20 @@ BACKBONE = "conformer"  # the gate's and the first tiers' backbone
 # the backbones of the later tiers: the same variants and contrasts, names prefixed
 OTHER_BACKBONES = ("convtransformer", "speechformer")
 RECIPE = "AdamW, lr 1e-3, 5 % warm-up, cosine to 1e-5, weight decay 1e-2, clip 1.0, batch 32"
+# name -> (description, config overrides, epochs x the bed's): the recipes a tier is trained
+# with. "adamw" (the grids' one recipe) is the first tiers'; "sgd" is item 5's SGD tier: the
+# official SpeechFormer recipe's form (grids.RECIPES["speechformer_official"]) with a peak lr
+# and length fixed on the plain light Conformer's validation UA (seed 0: lr 1e-1 stayed at
+# chance, 3e-2 reached 26 % in the bed's 6 epochs and 51 % in 18; results/
+# hrf_study_reading.md) before any HRF run with it. Its runs live in <workdir>/recipe_sgd (a
+# run's saved config pins its data and model, not its optimizer).
+SGD_LR = 3e-2
+STUDY_RECIPES: dict[str, tuple[str, dict[str, Any], int]] = {
+    "adamw": (RECIPE, {}, 1),
+    "sgd": (f"SGD, momentum 0.9, lr {SGD_LR:g}, 5 % warm-up, cosine to lr/100, no weight "
+            "decay, no clipping, batch 32",
+            {**RECIPES["speechformer_official"], "optimizer.lr": SGD_LR}, 3),
+}
 # name -> the test bed: hrf-jax config overrides, each fixed with plain light and medium
 # models only, before any HRF run on it (git history: the commit that added a bed precedes
 # every HRF result on it), and the stem of its results files.
@@ -78,16 +94,30 @@ GATE = {"large_vs_light": 5.0, "light_vs_probe": 10.0, "oracle_vs_large": 5.0}  
 MIN_GATE_SEEDS = 5
 
 
-def bed_fields(testbed: str, backbone: str = BACKBONE) -> dict[str, Any]:
-    """The test bed's config fields for ``backbone``: a backbone whose recipe trains longer
-    (``grids.EPOCH_SCALE``: SpeechFormer 3x) does so on the bed too."""
-    fields = dict(TESTBEDS[testbed]["overrides"])
-    fields["train.epochs"] *= EPOCH_SCALE.get(backbone, 1)
+def bed_fields(testbed: str, backbone: str = BACKBONE, recipe: str = "adamw"
+               ) -> dict[str, Any]:
+    """The test bed's config fields for ``backbone`` and ``recipe``: a backbone whose recipe
+    trains longer (``grids.EPOCH_SCALE``: SpeechFormer 3x) does so on the bed too, and a
+    recipe of ``STUDY_RECIPES`` brings its own fields and length."""
+    _, recipe_fields, recipe_scale = STUDY_RECIPES[recipe]
+    fields = {**TESTBEDS[testbed]["overrides"], **recipe_fields}
+    fields["train.epochs"] *= EPOCH_SCALE.get(backbone, 1) * recipe_scale
     return fields
 
 
-def overrides(testbed: str, backbone: str = BACKBONE) -> list[str]:
-    return [f"--config.{k}={v}" for k, v in bed_fields(testbed, backbone).items()]
+def overrides(testbed: str, backbone: str = BACKBONE, recipe: str = "adamw") -> list[str]:
+    return [f"--config.{k}={v}" for k, v in bed_fields(testbed, backbone, recipe).items()]
+
+
+def recipe_workdir(workdir: Path, recipe: str) -> Path:
+    """Where a recipe's runs live: the first tiers' at the top, others in a folder each."""
+    return workdir if recipe == "adamw" else workdir / f"recipe_{recipe}"
+
+
+def _prefix(backbone: str, recipe: str) -> str:
+    """The first tiers' names as the issue gives them; later tiers prefixed by what differs."""
+    return "".join(f"{p}_" for p, first in ((backbone, BACKBONE), (recipe, "adamw"))
+                   if p != first)
 
 
 def reading(testbed: str, results_dir: Path = RESULTS) -> Path:
@@ -96,28 +126,40 @@ def reading(testbed: str, results_dir: Path = RESULTS) -> Path:
 
 
 def train(variants: Sequence[str], seeds: Sequence[int], workdir: Path,
-          testbed: str = "headroom", backbone: str = BACKBONE) -> None:
-    """Every missing (variant, seed) cell of ``backbone``, seed-major."""
+          testbed: str = "headroom", backbone: str = BACKBONE, recipe: str = "adamw") -> None:
+    """Every missing (variant, seed) cell of ``backbone`` and ``recipe``, seed-major."""
     grid = get_grid(f"{DATASET}_{backbone}")
     grid.variants = tuple(variants)
     for seed in seeds:
         grid.seeds = (seed,)
-        run_grid(grid, workdir, overrides(testbed, backbone))
+        run_grid(grid, recipe_workdir(workdir, recipe), overrides(testbed, backbone, recipe))
 
 
 def collect(workdir: Path, testbed: str = "headroom") -> dict[str, Any]:
-    """The finished cells of every backbone and variant (``experiments.run``'s result dict)."""
+    """The finished cells of every backbone, recipe and variant (``experiments.run``'s result
+    dict, each cell with its ``recipe``)."""
     result: dict[str, Any] = {}
-    for backbone in (BACKBONE, *OTHER_BACKBONES):
-        grid = get_grid(f"{DATASET}_{backbone}")
-        grid.variants = tuple(VARIANTS)
-        grid.seeds = tuple(range(100))
-        found = run_grid(grid, workdir, overrides(testbed, backbone), collect_only=True)
-        if not result:
-            result = found
-        else:
-            result["cells"] += found["cells"]
+    for recipe in STUDY_RECIPES:
+        for backbone in (BACKBONE, *OTHER_BACKBONES):
+            grid = get_grid(f"{DATASET}_{backbone}")
+            grid.variants = tuple(VARIANTS)
+            grid.seeds = tuple(range(100))
+            where = recipe_workdir(workdir, recipe)
+            if not where.is_dir():
+                continue
+            found = run_grid(grid, where, overrides(testbed, backbone, recipe),
+                             collect_only=True)
+            found["cells"] = [{**cell, "recipe": recipe} for cell in found["cells"]]
+            if not result:
+                result = found
+            else:
+                result["cells"] += found["cells"]
     return result
+
+
+def _of_recipe(result: dict, recipe: str) -> dict:
+    return {**result, "cells": [c for c in result["cells"]
+                                if c.get("recipe", "adamw") == recipe]}
 
 
 def reference_classifiers(workdir: Path, testbed: str = "headroom") -> dict[str, Any]:
@@ -146,11 +188,14 @@ def reference_classifiers(workdir: Path, testbed: str = "headroom") -> dict[str,
 
 
 def _contrast_entry(result: dict, a: str, b: str, name: str, min_seeds: int = 2,
-                    backbone: str = BACKBONE, testbed: str = "headroom"
-                    ) -> dict[str, Any] | None:
-    """The contrast ``b - a`` on the seeds both ran (None below ``min_seeds``)."""
-    epochs = bed_fields(testbed, backbone)["train.epochs"]
-    entry: dict[str, Any] = {"backbone": backbone, "recipe": f"{RECIPE}, {epochs} epochs",
+                    backbone: str = BACKBONE, testbed: str = "headroom",
+                    recipe: str = "adamw") -> dict[str, Any] | None:
+    """The contrast ``b - a`` of ``recipe``'s runs on the seeds both ran (None below
+    ``min_seeds``)."""
+    result = _of_recipe(result, recipe)
+    epochs = bed_fields(testbed, backbone, recipe)["train.epochs"]
+    entry: dict[str, Any] = {"backbone": backbone,
+                             "recipe": f"{STUDY_RECIPES[recipe][0]}, {epochs} epochs",
                              "a": a, "b": b}
     for endpoint, key in (("test_last", "primary"), ("test", "secondary")):
         sa = scores_by_seed(result, backbone, a, endpoint=endpoint)
@@ -171,6 +216,7 @@ def _contrast_entry(result: dict, a: str, b: str, name: str, min_seeds: int = 2,
 
 
 def gate(result: dict, refs: dict, testbed: str = "headroom") -> dict[str, Any]:
+    result = _of_recipe(result, "adamw")  # the bed was fixed with the first tiers' recipe
     light = scores_by_seed(result, BACKBONE, "light", endpoint="test_last")
     big = scores_by_seed(result, BACKBONE, GATE_MODEL, endpoint="test_last")
     out: dict[str, Any] = {"model": f"{GATE_MODEL} (light, {VARIANTS[GATE_MODEL]['arch']})",
@@ -206,17 +252,17 @@ def report(workdir: Path, results_dir: Path, testbed: str = "headroom") -> dict[
     result = collect(workdir, testbed)
     refs = reference_classifiers(workdir, testbed)
     contrasts = {}
-    for backbone in (BACKBONE, *OTHER_BACKBONES):
-        for name, (a, b) in CONTRASTS.items():
-            # the first tiers' names as the issue gives them; later backbones prefixed
-            key = name if backbone == BACKBONE else f"{backbone}_{name}"
-            entry = _contrast_entry(result, a, b, key, backbone=backbone, testbed=testbed)
-            if entry is not None:
-                contrasts[key] = entry
+    for recipe in STUDY_RECIPES:
+        for backbone in (BACKBONE, *OTHER_BACKBONES):
+            for name, (a, b) in CONTRASTS.items():
+                key = _prefix(backbone, recipe) + name
+                entry = _contrast_entry(result, a, b, key, backbone=backbone,
+                                        testbed=testbed, recipe=recipe)
+                if entry is not None:
+                    contrasts[key] = entry
     runs: dict[str, list[int]] = {}
     for cell in result["cells"]:
-        name = (cell["variant"] if cell["backbone"] == BACKBONE
-                else f"{cell['backbone']} {cell['variant']}")
+        name = _prefix(cell["backbone"], cell.get("recipe", "adamw")) + cell["variant"]
         runs.setdefault(name, []).append(cell["seed"])
     study = {
         "command": " ".join(["python -m experiments.hrf_study", *sys.argv[1:]]),
@@ -261,8 +307,9 @@ def markdown(study: dict, reading_file: Path | None = None) -> str:
              "of the checkpoint chosen on validation UA. Contrasts are b - a, paired by seed; "
              "95 % CI: percentile bootstrap of the mean (10,000 resamples); Wilcoxon: exact "
              "two-sided signed-rank; TOST: paired t, equivalence margin ±1 point. "
-             "Unprefixed contrasts are the Conformer's; a backbone prefix names a later tier "
-             "(its recipe, with its epochs, is in the JSON).", "",
+             "Unprefixed contrasts are the Conformer's with the AdamW recipe; a backbone or "
+             "recipe prefix names a later tier (its recipe, with its epochs, is in the "
+             "JSON).", "",
              "## Gate", "", "| check | value | threshold | pass |", "|---|---|---|---|"]
     if "large_vs_light" in g:
         e = g["large_vs_light"]
@@ -314,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--variants", nargs="+", required=True, choices=sorted(VARIANTS))
     t.add_argument("--seeds", type=int, nargs="+", required=True)
     t.add_argument("--backbone", choices=(BACKBONE, *OTHER_BACKBONES), default=BACKBONE)
+    t.add_argument("--recipe", choices=sorted(STUDY_RECIPES), default="adamw",
+                   help="the training recipe of the tier (STUDY_RECIPES)")
     r = sub.add_parser("report", help="write results/<stem>.{json,md} of the test bed")
     r.add_argument("--results-dir", type=Path, default=RESULTS)
     for p in (t, r):
@@ -321,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--testbed", choices=sorted(TESTBEDS), default="headroom")
     args = parser.parse_args(argv)
     if args.command == "train":
-        train(args.variants, args.seeds, args.workdir, args.testbed, args.backbone)
+        train(args.variants, args.seeds, args.workdir, args.testbed, args.backbone,
+              args.recipe)
     else:
         study = report(args.workdir, args.results_dir, args.testbed)
         print(markdown(study, reading(args.testbed, args.results_dir)))

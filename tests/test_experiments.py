@@ -87,6 +87,11 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
         for seed in range(3):
             cells.append({"backbone": "speechformer", "variant": variant, "fold": -1,
                           "seed": seed, "test": {"ua": 0.4 + delta}, "test_last": {"ua": 0.4}})
+    for variant, delta in (("light", 0.0), ("light_hrf4", -0.03)):  # the SGD recipe's tier
+        for seed in range(4):
+            cells.append({"backbone": "conformer", "variant": variant, "fold": -1,
+                          "seed": seed, "recipe": "sgd", "test": {"ua": 0.3 + delta},
+                          "test_last": {"ua": 0.3 + delta}})
     monkeypatch.setattr(hrf_study, "collect", lambda workdir, testbed: {
         "cells": cells, "machine": {"platform": "p", "jax": "j", "devices": ["cpu"]}})
     monkeypatch.setattr(hrf_study, "reference_classifiers", lambda workdir, testbed: {
@@ -114,6 +119,14 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
     assert "18 epochs" in later["recipe"] and "6 epochs" in hrf["recipe"]  # its 3x recipe
     assert "speechformer_lr_control_vs_light" not in study["contrasts"]
     assert hrf_study.overrides("headroom", "speechformer")[-1] == "--config.train.epochs=18"
+    # a recipe's tier pairs only its own runs, and neither the gate nor the first tiers see them
+    sgd = study["contrasts"]["sgd_hrf4_vs_light"]
+    assert sgd["seeds"] == [0, 1, 2, 3] and sgd["mean"] == pytest.approx(-3)
+    assert sgd["recipe"].startswith("SGD") and hrf["recipe"].startswith("AdamW")
+    assert hrf["seeds"] == list(range(6)) and study["runs"]["sgd_light"] == [0, 1, 2, 3]
+    sgd_overrides = hrf_study.overrides("headroom", recipe="sgd")
+    assert {"--config.optimizer.name=sgd", "--config.train.epochs=18"} <= set(sgd_overrides)
+    assert "18 epochs" in sgd["recipe"]
     assert "Gate passed: **True**" in (tmp_path / "hrf_study.md").read_text()
     # a second test bed writes its own files and names its corpus size
     hrf_study.report(tmp_path, tmp_path, "headroom_4x")
