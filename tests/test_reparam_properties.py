@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hrf_jax import HRFDense, count_params, expand_hrf, hrf_paths, merge_hrf
@@ -85,6 +85,22 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
 
 
+def merge_err(forward, variables, x, y):
+    """``rel_err`` of ``y`` against ``forward(variables, x)``, but relative to at least a
+    hundredth of the size of the terms summed (``forward`` with every input and parameter at
+    its absolute value, BatchNorm means adding): float32 rounding grows with the terms, so an
+    output that cancels to near zero (one output of a narrow layer) would otherwise ask more
+    than float32 can give; results that do not cancel are held to ``REL_TOL`` as before."""
+    def magnitude(path, leaf):
+        leaf = np.abs(np.asarray(leaf, np.float64))
+        return -leaf if path[-1].key == "mean" else leaf
+
+    exact = forward(variables, x)
+    terms = forward(jax.tree_util.tree_map_with_path(magnitude, variables), np.abs(x))
+    scale = max(np.max(np.abs(exact)), 1e-2 * np.max(np.abs(terms)), 1e-12)
+    return float(np.max(np.abs(exact - np.asarray(y, np.float64))) / scale)
+
+
 def assert_trees_close(a, b, rtol, atol):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
@@ -101,7 +117,7 @@ def test_merged_layer_computes_the_chain(case):
     _, _, x, variables = build(case)
     merged = merge_hrf(variables)["params"]
     y = np.asarray(x, np.float64) @ merged["kernel"] + merged.get("bias", 0)
-    err = rel_err(chain_forward(variables, x), y)
+    err = merge_err(chain_forward, variables, x, y)
     WORST["rel"] = max(WORST["rel"], err)
     assert err <= REL_TOL
 
@@ -214,6 +230,9 @@ def norm_chain_forward(variables, x):
 
 @SETTINGS
 @given(layer_cases, st.sampled_from(["scale", "batchnorm"]))
+# one output that cancels to 4e-6 of its terms: 1.2e-5 relative to itself (a CI failure)
+@example({"d_in": 15, "d_out": 1, "ratio": 4, "depth": 2, "use_bias": False,
+          "hrf_bias": False, "lead": [1], "seed": 0}, "scale")
 def test_norms_in_the_chain_fold_exactly(case, norm):
     """Random scales, BatchNorm affines and running statistics (vars in [0.5, 2])."""
     use_bias = case["use_bias"] or norm == "batchnorm"  # the folded BN shift needs a host bias
@@ -228,7 +247,7 @@ def test_norms_in_the_chain_fold_exactly(case, norm):
     merged = merge_hrf(variables)
     assert set(merged) == {"params"} and hrf_paths(merged) == []  # statistics folded away
     y = np.asarray(x, np.float64) @ merged["params"]["kernel"] + merged["params"].get("bias", 0)
-    err = rel_err(norm_chain_forward(variables, x), y)
+    err = merge_err(norm_chain_forward, variables, x, y)
     WORST["rel"] = max(WORST["rel"], err)
     assert err <= REL_TOL
 
