@@ -57,8 +57,7 @@ RECIPE = "AdamW, lr 1e-3, 5 % warm-up, cosine to 1e-5, weight decay 1e-2, clip 1
 # official SpeechFormer recipe's form (grids.RECIPES["speechformer_official"]) with a peak lr
 # and length fixed on the plain light Conformer's validation UA (seed 0: lr 1e-1 stayed at
 # chance, 3e-2 reached 26 % in the bed's 6 epochs and 51 % in 18; results/
-# hrf_study_reading.md) before any HRF run with it. Its runs live in <workdir>/recipe_sgd (a
-# run's saved config pins its data and model, not its optimizer).
+# hrf_study_reading.md) before any HRF run with it. Its runs live in <workdir>/recipe_sgd.
 SGD_LR = 3e-2
 STUDY_RECIPES: dict[str, tuple[str, dict[str, Any], int]] = {
     "adamw": (RECIPE, {}, 1),

@@ -35,14 +35,14 @@ _TEMPLATE_FRAMES = 16  # every backbone accepts 16 frames; shapes of variables d
 
 
 def check_same_run(path: str | Path, config: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` if ``path`` holds a run whose data or model config differs from
-    ``config`` (a workdir with no saved config passes)."""
+    """Raises ``ValueError`` if ``path`` holds a run whose data, model or optimizer config
+    differs from ``config`` (a workdir with no saved config passes)."""
     saved = Path(path) / CONFIG_FILE
     if not saved.is_file():
         return
     old, new = json.loads(saved.read_text()), json.loads(config.to_json())
     defaults = json.loads(default_config().to_json())
-    for section in ("dataset", "model"):
+    for section in ("dataset", "model", "optimizer"):
         # a config saved before a field existed holds that field's default
         if {**defaults[section], **old.get(section, {})} != new.get(section):
             raise ValueError(

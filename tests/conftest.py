@@ -79,11 +79,16 @@ def run_overrides(tiny_data_dir, tiny_overrides):
     """``run_overrides(backbone, variant, **extra)``: the ``hrf-jax train`` overrides of a
     shared run (``extra`` changes some)."""
 
+    from hrf_jax.config import LARGE_MODEL_OPTIMIZER
+
     def make(backbone: str = "conformer", variant: str = "light_hrf", **extra) -> list[str]:
         size, ratio = VARIANTS[variant]
+        # large with the large models' optimizer, as the demo, the grids and the notebook
+        optimizer = {f"optimizer.{k}": v for k, v in LARGE_MODEL_OPTIMIZER.items()
+                     } if size == "large" else {}
         return tiny_overrides(tiny_data_dir, **{
             "model.backbone": backbone, "model.size": size, "model.hrf_ratio": ratio,
-            "train.save_every_steps": SAVE_EVERY, "train.keep_last": 3, **extra})
+            "train.save_every_steps": SAVE_EVERY, "train.keep_last": 3, **optimizer, **extra})
 
     return make
 

@@ -178,6 +178,8 @@ def test_a_finished_run_of_another_test_bed_is_refused_not_read(tmp_path):
         run_grid(grid, tmp_path, bigger, collect_only=True)
     with pytest.raises(ValueError, match="seed0 holds a run with a different dataset config"):
         run_grid(grid, tmp_path, ["--config.dataset.difficulty=0.5"], collect_only=True)
+    with pytest.raises(ValueError, match="seed0 holds a run with a different optimizer config"):
+        run_grid(grid, tmp_path, ["--config.optimizer.name=sgd"], collect_only=True)
     # a run saved before a config field existed reads as that field's default
     saved = json.loads((where / CONFIG_FILE).read_text())
     del saved["dataset"]["difficulty"]
