@@ -11,10 +11,7 @@
 set -uo pipefail
 OUT="${OUT:-$PWD/bench_out}"
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-export HRF_JAX_DATA="${HRF_JAX_DATA:-/tmp/hrf_data}"  # the grid's prepared corpus, if there
+source experiments/gpu_env.sh || exit 1  # wheels of .whl/, PYTHONPATH, caches
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 timeout "${LIMIT:-540}" python3 -m hrf_jax bench \

@@ -12,10 +12,7 @@ rows=${*:-conformer:light conformer:light_hrf4 conformer:large speechformer:ligh
 speechformer:light_hrf4 speechformer:large convtransformer:light convtransformer:light_hrf4
 convtransformer:large}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-export HRF_JAX_DATA=/tmp/hrf_data JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
+source experiments/gpu_env.sh || exit 1  # wheels of .whl/, PYTHONPATH, caches
 t0=$(date +%s)
 python3 -m hrf_jax prepare synthetic --workers 16 > "$out/prepare.log" 2>&1 || exit 1
 echo "prepared in $(( $(date +%s) - t0 )) s"

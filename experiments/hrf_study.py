@@ -5,6 +5,8 @@ learning-rate effect? Paired by seed, on a test bed with demonstrated headroom.
     python -m experiments.hrf_study train --variants light light_hrf4 light_lr5 --seeds 0 ... 9
     python -m experiments.hrf_study report
     python -m experiments.hrf_study train --testbed headroom_4x --variants light medium ...
+    python -m experiments.hrf_study prepare --testbed headroom_4x --workers 16   # before runs
+                                                                  # started at once (GPU)
     python -m experiments.hrf_study train --backbone convtransformer --variants light ...
     python -m experiments.hrf_study train --recipe sgd --variants light light_hrf4 light_lr5 ...
 
@@ -68,17 +70,19 @@ STUDY_RECIPES: dict[str, tuple[str, dict[str, Any], int]] = {
 }
 # name -> the test bed: hrf-jax config overrides, each fixed with plain light and medium
 # models only, before any HRF run on it (git history: the commit that added a bed precedes
-# every HRF result on it), and the stem of its results files.
+# every HRF result on it), the stem of its results files and the bigger plain model of its
+# gate: the medium model where the large config does not fit the bed's compute (2 CPU
+# cores), the large config where it was trained on a GPU (chosen before its runs).
 TESTBEDS: dict[str, dict[str, Any]] = {
     # 4,800 utterances, 48 speakers (the corpus's headroom defaults); gate (a) failed
     "headroom": {"overrides": {"train.max_frames": 160, "train.epochs": 6},
-                 "results": "hrf_study"},
+                 "results": "hrf_study", "gate_model": "medium"},
     # the same generator with 4x the utterances and 2x the speakers: 2,400 steps of 1.6 s
     # crops, so that the models stop over-fitting before capacity matters
     "headroom_4x": {"overrides": {"train.max_frames": 160, "train.epochs": 6,
                                   "dataset.num_utterances": 19200,
                                   "dataset.num_speakers": 96},
-                    "results": "hrf_study_4x"},
+                    "results": "hrf_study_4x", "gate_model": "large"},
 }
 # name -> (a, b): the contrast b - a in UA points, paired by seed
 CONTRASTS = {
@@ -89,7 +93,6 @@ CONTRASTS = {
     "hrf4_scale_vs_light": ("light", "light_hrf4_scale"),
     "hrf4_nowd_vs_light": ("light", "light_hrf4_nowd"),
 }
-GATE_MODEL = "medium"  # the bigger plain model of the gate (large does not fit 2 CPU cores)
 GATE = {"large_vs_light": 5.0, "light_vs_probe": 10.0, "oracle_vs_large": 5.0}  # points
 MIN_GATE_SEEDS = 5
 
@@ -133,6 +136,16 @@ def train(variants: Sequence[str], seeds: Sequence[int], workdir: Path,
     for seed in seeds:
         grid.seeds = (seed,)
         run_grid(grid, recipe_workdir(workdir, recipe), overrides(testbed, backbone, recipe))
+
+
+def prepare_bed(testbed: str, workers: int) -> Path:
+    """Prepares the test bed's corpus (its ``dataset.*`` overrides) under ``$HRF_JAX_DATA``,
+    so that runs started at once find it ready instead of each preparing it."""
+    from hrf_jax.data import ensure_prepared
+
+    options = {k.removeprefix("dataset."): v for k, v in TESTBEDS[testbed]["overrides"].items()
+               if k.startswith("dataset.")}
+    return ensure_prepared(DATASET, workers=workers, **options)
 
 
 def collect(workdir: Path, testbed: str = "headroom") -> dict[str, Any]:
@@ -217,20 +230,23 @@ def _contrast_entry(result: dict, a: str, b: str, name: str, min_seeds: int = 2,
 
 def gate(result: dict, refs: dict, testbed: str = "headroom") -> dict[str, Any]:
     result = _of_recipe(result, "adamw")  # the bed was fixed with the first tiers' recipe
+    gate_model = TESTBEDS[testbed]["gate_model"]
     light = scores_by_seed(result, BACKBONE, "light", endpoint="test_last")
-    big = scores_by_seed(result, BACKBONE, GATE_MODEL, endpoint="test_last")
-    out: dict[str, Any] = {"model": f"{GATE_MODEL} (light, {VARIANTS[GATE_MODEL]['arch']})",
-                           "thresholds_points": GATE}
+    big = scores_by_seed(result, BACKBONE, gate_model, endpoint="test_last")
+    arch = VARIANTS[gate_model].get("arch")
+    out: dict[str, Any] = {"model": gate_model if arch is None else f"{gate_model} (light, {arch})",
+                           "variant": gate_model, "thresholds_points": GATE}
     # listed from one seed on, so a gate short of seeds still shows what it has
-    paired = _contrast_entry(result, "light", GATE_MODEL, "large_vs_light", min_seeds=1,
+    paired = _contrast_entry(result, "light", gate_model, "large_vs_light", min_seeds=1,
                              testbed=testbed)
     if paired is not None:
         out["large_vs_light"] = {**paired, "pass": bool(
             paired["mean"] >= GATE["large_vs_light"] and paired["ci95"][0] > 0
             and len(paired["seeds"]) >= MIN_GATE_SEEDS)}
-    # the large config where it was run on the bed: shown beside the gate, not part of it
-    large = _contrast_entry(result, "light", "large", "large_config_vs_light", min_seeds=1,
-                            testbed=testbed)
+    # the large config where it was run on a bed that gates with medium: shown beside the
+    # gate, not part of it
+    large = None if gate_model == "large" else _contrast_entry(
+        result, "light", "large", "large_config_vs_light", min_seeds=1, testbed=testbed)
     if large is not None:
         out["large_config_vs_light"] = large
     probe, oracle = 100 * refs["probe"]["ua"], 100 * refs["oracle"]["ua"]
@@ -329,7 +345,7 @@ def markdown(study: dict, reading_file: Path | None = None) -> str:
                      f"{e['pass']} |")
     if "oracle_vs_large" in g:
         e = g["oracle_vs_large"]
-        lines.append(f"| oracle ({e['oracle_ua']:.2f}) - {GATE_MODEL} ({e['large_ua']:.2f}) | "
+        lines.append(f"| oracle ({e['oracle_ua']:.2f}) - {g['variant']} ({e['large_ua']:.2f}) | "
                      f"{e['diff']:+.2f} | >= {g['thresholds_points']['oracle_vs_large']:g} | "
                      f"{e['pass']} |")
     lines += ["", f"Gate passed: **{g['passed']}**", "", "## Contrasts", "",
@@ -363,13 +379,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--backbone", choices=(BACKBONE, *OTHER_BACKBONES), default=BACKBONE)
     t.add_argument("--recipe", choices=sorted(STUDY_RECIPES), default="adamw",
                    help="the training recipe of the tier (STUDY_RECIPES)")
+    pr = sub.add_parser("prepare", help="prepare the test bed's corpus (once, before train)")
+    pr.add_argument("--testbed", choices=sorted(TESTBEDS), default="headroom")
+    pr.add_argument("--workers", type=int, default=2, help="feature-extraction processes")
     r = sub.add_parser("report", help="write results/<stem>.{json,md} of the test bed")
     r.add_argument("--results-dir", type=Path, default=RESULTS)
     for p in (t, r):
         p.add_argument("--workdir", type=Path, default=Path("runs/experiments"))
         p.add_argument("--testbed", choices=sorted(TESTBEDS), default="headroom")
     args = parser.parse_args(argv)
-    if args.command == "train":
+    if args.command == "prepare":
+        print(prepare_bed(args.testbed, args.workers))
+    elif args.command == "train":
         train(args.variants, args.seeds, args.workdir, args.testbed, args.backbone,
               args.recipe)
     else:

@@ -105,3 +105,25 @@ def test_headroom_latents_are_what_the_label_was_drawn_from():
     acc = model.fit(x[split == "train"], y[split == "train"]).score(
         x[split == "test"], y[split == "test"])
     assert acc > 0.6, acc
+
+
+def test_a_split_over_tfds_memory_buffer_prepares_without_tensorflow(tmp_path, monkeypatch):
+    """TFDS spills a split past its in-memory buffer (1 GB) through tf.io.gfile; without
+    TensorFlow preparation keeps the split in memory instead of failing after extraction.
+    Here the buffer is 1 byte and TensorFlow is absent."""
+    from tensorflow_datasets.core import shuffle
+
+    from hrf_jax.data import builders
+
+    class NoTensorflow:
+        def __getattr__(self, name):
+            raise ModuleNotFoundError("No module named 'tensorflow'")
+
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)
+    monkeypatch.setattr(shuffle, "tf", NoTensorflow())
+    monkeypatch.setattr(builders, "tensorflow_installed", lambda: False)
+    path = prepare("synthetic", data_dir=tmp_path, num_utterances=12, num_speakers=6,
+                   verbose=False)
+    ds = load_dataset("synthetic", tmp_path, num_utterances=12, num_speakers=6)
+    assert len(ds.train) + len(ds.validation) + len(ds.test) == 12
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 1 and path.is_dir()  # restored afterwards

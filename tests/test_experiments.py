@@ -130,8 +130,15 @@ def test_headroom_grid_and_the_study_report_recomputes_from_its_per_seed_values(
     assert "Gate passed: **True**" in (tmp_path / "hrf_study.md").read_text()
     # a second test bed writes its own files and names its corpus size
     hrf_study.report(tmp_path, tmp_path, "headroom_4x")
-    bed = json.loads((tmp_path / "hrf_study_4x.json").read_text())["testbed"]
+    bed_4x = json.loads((tmp_path / "hrf_study_4x.json").read_text())
+    bed = bed_4x["testbed"]
     assert bed["name"] == "headroom_4x" and bed["overrides"]["dataset.num_utterances"] == 19200
+    # that bed gates with the large config (trained on a GPU): one seed here, so it fails
+    gate_4x = bed_4x["gate"]
+    assert gate_4x["variant"] == "large" and gate_4x["large_vs_light"]["seeds"] == [0]
+    assert not gate_4x["large_vs_light"]["pass"] and "large_config_vs_light" not in gate_4x
+    assert gate_4x["oracle_vs_large"]["large_ua"] == pytest.approx(40)
+    assert "| oracle (70.00) - large (40.00) |" in (tmp_path / "hrf_study_4x.md").read_text()
 
 
 def test_baseline_checks_see_dead_heads_and_frames(trained_run, monkeypatch):

@@ -142,7 +142,8 @@ def prepare(name: str, *, data_dir: str | pathlib.Path | None = None,
         shutil.rmtree(out)
     builder = builders.builder_class(name)(spec, data_dir)
     builders.quiet_tfds()
-    builder.download_and_prepare()
+    with builders.splits_in_memory_without_tensorflow():
+        builder.download_and_prepare()
     out = pathlib.Path(builder.data_dir)
     report = _index_and_report(name, builder, out)
     report["skipped"] = dict(sorted(spec.skips.counts.items()))
