@@ -141,7 +141,8 @@ def _one_blas_thread_each() -> Iterator[None]:
     """Worker processes spawned inside inherit one BLAS thread each: every worker's BLAS
     would otherwise start a thread per core (the mel filterbank product), workers x cores
     threads in all. 8 workers on 2 cores prepared 960 utterances in 19.3-20.0 s instead of
-    26.4-27.1 s (alternated); on 16 cores 16 workers reached only 38 utterances/s."""
+    26.4-27.1 s (alternated). On a 16-core machine 16 workers had reached only 38 utterances/s,
+    presumably the same oversubscription (not re-measured there)."""
     saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
     os.environ.update(dict.fromkeys(_BLAS_THREADS, "1"))
     try:
