@@ -2,9 +2,10 @@
 
 The Conformer and ConvTransformer light train steps (AdamW of the default config,
 ``make_train_step``, batch 32, 128 log-Mel bins, ragged masks) for each crop length, built
-twice: from the working tree and from ``--baseline``'s ``subsampling.py``, ``conformer.py``
-and ``convtransformer.py`` (loaded from ``git show`` into a temporary module; every other
-module is the working tree's, so the comparison isolates those three files). All steps are
+twice: from the working tree and from ``--baseline``'s ``subsampling.py``, ``attention.py``,
+``layers.py``, ``conformer.py`` and ``convtransformer.py`` (loaded from ``git show`` into
+temporary modules; every other module is the working tree's, so the comparison isolates those
+files). All steps are
 compiled first; then each round times ``--steps`` steps of every (model, crop) pair, baseline
 and current in alternating order, so drift on a shared machine hits both. Prints a table of
 the per-step medians and ranges with the load average, and writes JSON; never asserts a time.
@@ -28,7 +29,9 @@ from benchmarks.ab import load_baseline_modules, run_meta, summary_ms
 from hrf_jax.hugepages import exec_with_hugepages
 
 BACKBONES = ("conformer", "convtransformer")
-FILES = {"subsampling": "hrf_jax/subsampling.py", "conformer": "hrf_jax/models/conformer.py",
+# in import order: a later file's ``from hrf_jax.<name> import`` of an earlier one is rewired
+FILES = {"subsampling": "hrf_jax/subsampling.py", "attention": "hrf_jax/attention.py",
+         "layers": "hrf_jax/layers.py", "conformer": "hrf_jax/models/conformer.py",
          "convtransformer": "hrf_jax/models/convtransformer.py"}
 
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hrf_jax import random_bits
 from hrf_jax.attention import MultiHeadAttention
 from hrf_jax.hrf import HRFSpec
 
@@ -24,7 +25,9 @@ class Dropout(nn.Module):
 
     One 32-bit draw serves two elements, which halves the random-number work that dominates
     dropout on CPU (threefry); the drop probability is ``rate`` rounded to a multiple of
-    ``2**-16``. Uses the ``dropout`` rng collection, like ``nn.Dropout``.
+    ``2**-16``. The bits are ``jax.random.bits``'s, drawn by ``hrf_jax.random_bits`` so that
+    XLA computes them inside the fusion that applies the mask. Uses the ``dropout`` rng
+    collection, like ``nn.Dropout``.
     """
 
     rate: float
@@ -38,7 +41,7 @@ class Dropout(nn.Module):
         if not 0 <= self.rate < 1:
             raise ValueError(f"dropout rate must be in [0, 1), got {self.rate}")
         c = x.shape[-1]
-        bits = jax.random.bits(self.make_rng("dropout"), x.shape[:-1] + ((c + 1) // 2,))
+        bits = random_bits.bits(self.make_rng("dropout"), x.shape[:-1] + ((c + 1) // 2,))
         halves = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)[..., :c]
         keep = halves >= jnp.uint32(round(self.rate * 2**16))
         return jnp.where(keep, x / jnp.asarray(1 - self.rate, x.dtype), 0).astype(x.dtype)

@@ -17,7 +17,7 @@ HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "tensorflow", "tensorflow_da
 # the building blocks of models and of the re-parameterizations
 CORE = ("hrf_jax.hrf", "hrf_jax.layers", "hrf_jax.attention", "hrf_jax.local_attention",
         "hrf_jax.masking", "hrf_jax.subsampling", "hrf_jax.trees", "hrf_jax.reparam",
-        "hrf_jax.bn_fold", "hrf_jax.lazy")
+        "hrf_jax.bn_fold", "hrf_jax.lazy", "hrf_jax.random_bits")
 # what training, deployment and the command line are made of
 UPPER = ("hrf_jax.run", "hrf_jax.loop", "hrf_jax.population_loop", "hrf_jax.deploy",
          "hrf_jax.export", "hrf_jax.bench", "hrf_jax.cli", "hrf_jax.demo", "hrf_jax.train",
