@@ -26,8 +26,8 @@ class Dropout(nn.Module):
     One 32-bit draw serves two elements, which halves the random-number work that dominates
     dropout on CPU (threefry); the drop probability is ``rate`` rounded to a multiple of
     ``2**-16``. The bits are ``jax.random.bits``'s, drawn by ``hrf_jax.random_bits`` so that
-    XLA computes them inside the fusion that applies the mask. Uses the ``dropout`` rng
-    collection, like ``nn.Dropout``.
+    XLA fuses the hash with the mask's arithmetic instead of running JAX's CPU loop. Uses the
+    ``dropout`` rng collection, like ``nn.Dropout``.
     """
 
     rate: float
