@@ -37,23 +37,6 @@ def dropout_mask(rng: Array, rate: float, shape: tuple[int, ...], dtype: jnp.dty
     return jnp.where(keep, jnp.asarray(1.0 / (1.0 - rate), dtype), jnp.asarray(0, dtype))
 
 
-def relative_shift(scores: Array) -> Array:
-    """``(..., T, 2T-1)`` scores against distances ``T-1 .. -(T-1)`` -> ``(..., T, T)`` with
-    ``out[i, j] = scores[i, (T-1) - i + j]`` (distance ``i - j``).
-
-    Transformer-XL's shift by reshaping: in the flattened rows, entry ``(i, (T-1) - i + j)``
-    sits at ``(T-1) + i (2T-2) + j``, so dropping the first ``T-1`` entries and reading rows
-    of ``2T-2`` gives the band. Slices and reshapes only, so the gradient is a pad, not the
-    scatter-add a gather's would be.
-    """
-    t = scores.shape[-2]
-    if t == 1:
-        return scores
-    lead = scores.shape[:-2]
-    flat = scores.reshape(*lead, t * (2 * t - 1))[..., t - 1 : t - 1 + t * (2 * t - 2)]
-    return flat.reshape(*lead, t, 2 * t - 2)[..., :t]
-
-
 def _heads(x: Array, num_heads: int) -> Array:
     """``(B, T, d) -> (B, T, N, d/N)``."""
     b, t, d = x.shape
@@ -136,7 +119,12 @@ class RelPositionAttention(nn.Module):
         init = nn.initializers.xavier_uniform()
         u = self.param("pos_bias_u", init, (self.num_heads, h))
         w = self.param("pos_bias_v", init, (self.num_heads, h))
-        bd = relative_shift(jnp.einsum("btnh,lnh->bntl", q + w, p))
+        bd = jnp.einsum("btnh,lnh->bntl", q + w, p)
+        # row of distance i - j in ``rel`` is (T-1) - (i-j): gather the (T, T) band (a reshape
+        # shift would avoid the gradient's scatter-add, but its length-squared reshape stops
+        # ONNX export with a symbolic time axis; its gain was not measurable, BENCHMARKS.md)
+        i, j = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
+        bd = bd[:, :, i, (t - 1) - i + j]
         o = jax.nn.dot_product_attention(
             q + u, k, v, bias=bd / jnp.sqrt(h).astype(x.dtype), mask=mask[:, None, None, :]
         )

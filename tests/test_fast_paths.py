@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrf_jax.attention import relative_shift
 from hrf_jax.conv_ops import convolution_ops
 from hrf_jax.masking import zero_padding
 from hrf_jax.models import build_model
@@ -104,17 +103,3 @@ def test_each_model_and_mode_traces_its_form(backbone, eval_convs, export_convs)
     with convolution_ops():  # export: one op per conv (the Conformer's depthwise conv too)
         assert convs() == export_convs
         assert convs(**train) == export_convs
-
-
-@pytest.mark.parametrize("t", [1, 2, 5, 39])
-def test_relative_shift_is_the_band_gather_and_so_is_its_gradient(t):
-    x = jax.random.normal(jax.random.PRNGKey(t), (2, 3, t, 2 * t - 1))
-    w = jax.random.normal(jax.random.PRNGKey(t + 1), (2, 3, t, t))
-    i, j = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
-
-    def gathered(x):
-        return x[:, :, i, (t - 1) - i + j]
-
-    np.testing.assert_array_equal(relative_shift(x), gathered(x))
-    grad = jax.grad(lambda x, f: jnp.sum(w * f(x)))
-    np.testing.assert_array_equal(grad(x, relative_shift), grad(x, gathered))
