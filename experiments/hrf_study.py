@@ -83,6 +83,13 @@ TESTBEDS: dict[str, dict[str, Any]] = {
                                   "dataset.num_utterances": 19200,
                                   "dataset.num_speakers": 96},
                     "results": "hrf_study_4x", "gate_model": "large"},
+    # the 4x bed with words: 40 per class, half of an utterance's words from its class's
+    # list (hrf_jax/data/synthetic.py), so that a model gains by learning a vocabulary of 240
+    # acoustic patterns; gated with the medium model, which the CPU trains in 21 minutes
+    "headroom_lexical": {"overrides": {"train.max_frames": 160, "train.epochs": 6,
+                                       "dataset.num_utterances": 19200,
+                                       "dataset.num_speakers": 96, "dataset.lexicon": 40},
+                         "results": "hrf_study_lexical", "gate_model": "medium"},
 }
 # name -> (a, b): the contrast b - a in UA points, paired by seed
 CONTRASTS = {

@@ -23,7 +23,9 @@ def default_config() -> ml_collections.ConfigDict:
         {"name": "synthetic", "data_dir": "", "manual_dir": "", "manifest": "",
          "fold": -1, "protocol": "", "normalize": "corpus",
          # synthetic corpora: 0 / negative = the corpus's own default
-         "num_utterances": 0, "num_speakers": 0, "difficulty": -1.0}
+         "num_utterances": 0, "num_speakers": 0, "difficulty": -1.0,
+         # words per class spoken in the utterances (hrf_jax/data/synthetic.py); 0: none
+         "lexicon": 0}
     )
     c.model = ml_collections.ConfigDict(
         {"backbone": "conformer", "size": "light", "hrf_ratio": 0, "hrf_depth": 1,

@@ -127,3 +127,52 @@ def test_a_split_over_tfds_memory_buffer_prepares_without_tensorflow(tmp_path, m
     ds = load_dataset("synthetic", tmp_path, num_utterances=12, num_speakers=6)
     assert len(ds.train) + len(ds.validation) + len(ds.test) == 12
     assert shuffle.MAX_MEM_BUFFER_SIZE == 1 and path.is_dir()  # restored afterwards
+
+
+def test_lexicon_words_are_spoken_syllable_by_syllable_and_lean_to_the_class():
+    from hrf_jax.data import synthetic
+
+    cfg = SyntheticConfig(num_utterances=600, num_speakers=24, preset="headroom", lexicon=5,
+                          min_seconds=1.2, max_seconds=2.8)
+    vocabulary = synthetic._vocabulary(cfg)
+    assert len(vocabulary) == len(set(vocabulary)) == 6 * 5
+    own = total = 0
+    for index in range(600):
+        plan = synthetic._plan(cfg, index)
+        assert plan.words, index
+        # the segments say the words' syllables in order (the last word may be cut short)
+        spoken = [s for word in plan.words for s in vocabulary[word]]
+        said, consonant = [], -1
+        for _, _, kind, identity in plan.segments:
+            if kind == 0:
+                consonant = identity
+            else:
+                said.append((consonant, identity))
+                consonant = -1
+        assert said == spoken[:len(said)] and len(spoken) - len(said) < 3, index
+        own += sum(word // cfg.lexicon == plan.label for word in plan.words)
+        total += len(plan.words)
+        shares = synthetic.latents(cfg, index)[len(synthetic.LATENTS):]
+        assert shares.shape == (6,) and np.isclose(shares.sum(), 1.0)
+    # half drawn from the class's own list, the rest uniformly: 0.5 + 0.5 / 6 of its own
+    assert abs(own / total - (0.5 + 0.5 / 6)) < 0.03, own / total
+
+
+def test_lexicon_keeps_the_utterance_plan_changes_the_audio_and_zero_is_no_words():
+    from hrf_jax.data import synthetic
+
+    plain = SyntheticConfig(num_utterances=12, num_speakers=6, preset="headroom")
+    words = SyntheticConfig(num_utterances=12, num_speakers=6, preset="headroom", lexicon=8)
+    a, la, sa = synthesize(plain, 4)
+    b, lb, sb = synthesize(words, 4)
+    assert (la, sa) == (lb, sb) and a.tobytes() != b.tobytes()
+    assert synthetic._plan(plain, 4).words == []
+    assert synthetic.latents(plain, 0).size == len(synthetic.LATENTS)
+    assert synthetic.latents(words, 0).size == len(synthetic.LATENTS) + 6
+    with pytest.raises(ValueError, match="lexicon must be >= 0"):
+        SyntheticConfig(lexicon=-1)
+    # no words is the corpus as prepared before the option existed: the same folder
+    from hrf_jax.data.preparation import config_name
+    assert config_name("synthetic_headroom", lexicon=0) == "default"
+    assert config_name("synthetic_headroom", lexicon=40) != "default"
+

@@ -31,6 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-utterances", type=int, default=None, help=_only("num_utterances"))
     p.add_argument("--num-speakers", type=int, default=None, help=_only("num_speakers"))
     p.add_argument("--difficulty", type=float, default=None, help=_only("difficulty"))
+    p.add_argument("--lexicon", type=int, default=None,
+                   help=f"words per class spoken in the utterances ({_only('lexicon')})")
     p.add_argument("--seed", type=int, default=None, help=_only("seed"))
     p.add_argument("--balance", type=int, default=None,
                    help=f"keep the N longest turns per participant ({_only('balance')})")
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in {
         "features_dir": args.features_dir, "frame_rate": args.frame_rate,
         "num_mels": args.num_mels, "num_utterances": args.num_utterances,
-        "num_speakers": args.num_speakers, "difficulty": args.difficulty, "seed": args.seed,
+        "num_speakers": args.num_speakers, "difficulty": args.difficulty, "lexicon": args.lexicon,
+        "seed": args.seed,
         "balance": args.balance}.items() if v is not None}
     try:
         prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,

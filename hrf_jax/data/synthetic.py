@@ -19,6 +19,15 @@ random channel (band limits, equalisation) and coloured noise per utterance. It 
 give a bigger model something to gain over a light one; whether it does is the gate reported
 in experiments/results/hrf_study.md.
 
+`lexicon` > 0 adds words: a fixed vocabulary of `lexicon` words per class, each a sequence of
+2-3 syllables from a closed inventory (six consonant bands x five vowels, or a bare vowel).
+An utterance is spoken word by word, half of its words drawn from its class's list and the
+rest from the whole vocabulary, so part of the cue is *what* is said, as emotion words are
+in real speech. Using that cue means learning a vocabulary of 6 x `lexicon` acoustic
+patterns across speakers and channels: meant as a cue whose difficulty grows with the
+vocabulary rather than with the overlap of the classes' prosody (whether it rewards a bigger
+model is what the bed `headroom_lexical` of experiments/hrf_study.py measures).
+
 It exists so that the whole pipeline (prepare, train, HRF merge, export) runs and means
 something without licensed corpora; it is not a substitute for real speech.
 """
@@ -72,6 +81,10 @@ _VOWELS = np.array([
     [300.0, 870.0, 2240.0, 3300.0],  # u
 ])
 _BANDWIDTHS = np.array([80.0, 100.0, 140.0, 200.0])
+# The lexicon's consonants: noise bands at fixed centres (Hz; the random syllables draw theirs
+# from 2.5-6.5 kHz), so that a syllable's identity is its consonant band and its vowel.
+_CONSONANTS = np.array([2600.0, 3200.0, 3900.0, 4700.0, 5500.0, 6300.0])
+_OWN_WORDS = 0.5  # the share of an utterance's words drawn from its own class's list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +98,7 @@ class SyntheticConfig:
     min_seconds: float = _DEFAULTS["min_seconds"]
     max_seconds: float = _DEFAULTS["max_seconds"]
     preset: str = "basic"  # "headroom": the HRF study's test bed (module docstring)
+    lexicon: int = _DEFAULTS["lexicon"]  # words per class (module docstring); 0: no words
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -99,6 +113,8 @@ class SyntheticConfig:
             raise ValueError("synthetic needs >= 3 speakers (train/validation/test by speaker)")
         if not 0 < self.min_seconds <= self.max_seconds:
             raise ValueError("need 0 < min_seconds <= max_seconds")
+        if self.lexicon < 0:
+            raise ValueError(f"lexicon must be >= 0 words per class, got {self.lexicon}")
 
 
 def speaker_split(speaker: int, num_speakers: int) -> str:
@@ -157,11 +173,31 @@ def _emotion_params(rng: np.random.Generator, label: int, difficulty: float,
 
 def latents(cfg: SyntheticConfig, index: int) -> np.ndarray:
     """The emotion parameters (``LATENTS`` order) utterance ``index`` was generated from,
-    before speaker offsets: what an oracle that saw the generator, not the audio, knows."""
+    before speaker offsets: what an oracle that saw the generator, not the audio, knows.
+    With a lexicon, then the share of its words from each class's list (class order)."""
+    if cfg.lexicon:
+        plan = _plan(cfg, index)
+        shares = np.bincount([word // cfg.lexicon for word in plan.words],
+                             minlength=len(cfg.class_names)) / max(len(plan.words), 1)
+        return np.concatenate([[plan.emotion[k] for k in LATENTS], shares])
     label, _ = utterance_plan(cfg, index)
     rng = np.random.default_rng([cfg.seed, 2, index])
     p = _emotion_params(rng, label, cfg.difficulty, _profile(cfg))
     return np.array([p[k] for k in LATENTS])
+
+
+def _vocabulary(cfg: SyntheticConfig) -> list[tuple[tuple[int, int], ...]]:
+    """The lexicon: word ``c * lexicon + j`` is the j-th word of class c, a tuple of
+    (consonant, vowel) syllables (consonant -1: a bare vowel); distinct words, fixed by the
+    corpus seed."""
+    rng = np.random.default_rng([cfg.seed, 6])
+    words: dict[tuple[tuple[int, int], ...], None] = {}
+    while len(words) < cfg.lexicon * len(cfg.class_names):
+        size = int(rng.integers(2, 4))
+        word = tuple((int(rng.integers(-1, _CONSONANTS.size)), int(rng.integers(len(_VOWELS))))
+                     for _ in range(size))
+        words.setdefault(word)
+    return list(words)
 
 
 class _Expression:
@@ -232,8 +268,25 @@ def _fade(n: int, ramp: int) -> np.ndarray:
     return env
 
 
-def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
-    """Utterance `index` -> (waveform (N,) float32 at 16 kHz, label, speaker); deterministic."""
+@dataclasses.dataclass
+class _Plan:
+    """What utterance ``index`` says and how, before any audio: the draws ``synthesize``
+    continues from (``rng``), and the words spoken (vocabulary indices; empty without a
+    lexicon)."""
+
+    label: int
+    speaker: int
+    rng: np.random.Generator
+    emotion: dict
+    n: int
+    expr: _Expression
+    speaker_traits: dict
+    # (start, length, kind, identity): kind 0 consonant (identity: its band, -1 random), 1 vowel
+    segments: list[tuple[int, int, int, int]]
+    words: list[int]
+
+
+def _plan(cfg: SyntheticConfig, index: int) -> _Plan:
     label, speaker = utterance_plan(cfg, index)
     rng = np.random.default_rng([cfg.seed, 2, index])
     spk = _speaker_traits(cfg, speaker)
@@ -242,21 +295,45 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
     span = cfg.max_seconds - cfg.min_seconds
     n = int(sr * (cfg.min_seconds + span * rng.beta(1.6, 2.4)))
     expr = _Expression(cfg, p, speaker, index, n)
+    if cfg.lexicon:
+        vocabulary = _vocabulary(cfg)
+        word_rng = np.random.default_rng([cfg.seed, 7, index])
+    pending: list[tuple[int, int]] = []  # the current word's syllables still to say
+    words: list[int] = []
 
-    # Segment timeline: (start, length, kind, vowel) with kind 0 consonant, 1 vowel.
     segments, t = [], int(sr * rng.uniform(0.05, 0.15))
     while t < n - int(0.1 * sr):
+        if cfg.lexicon and not pending:
+            own = word_rng.random() < _OWN_WORDS
+            cls = label if own else int(word_rng.integers(len(cfg.class_names)))
+            words.append(cls * cfg.lexicon + int(word_rng.integers(cfg.lexicon)))
+            pending = list(vocabulary[words[-1]])
         rate = max(1.5, expr.value("rate", t) * spk["rate"])
         syll = int(sr / rate * np.exp(rng.normal(0.0, 0.2)))
-        cons = int(syll * rng.uniform(0.15, 0.35)) if rng.random() < 0.75 else 0
+        if pending:
+            consonant, vowel = pending.pop(0)
+            cons = int(syll * rng.uniform(0.15, 0.35)) if consonant >= 0 else 0
+        else:
+            consonant = -1
+            cons = int(syll * rng.uniform(0.15, 0.35)) if rng.random() < 0.75 else 0
+            vowel = int(rng.integers(len(_VOWELS)))
         if cons:
-            segments.append((t, cons, 0, 0))
-        segments.append((t + cons, syll - cons, 1, int(rng.integers(len(_VOWELS)))))
-        if rng.random() < np.clip(expr.value("pause", t), 0.0, 0.6):
+            segments.append((t, cons, 0, consonant))
+        segments.append((t + cons, syll - cons, 1, vowel))
+        # pauses fall between words when there are words
+        if not pending and rng.random() < np.clip(expr.value("pause", t), 0.0, 0.6):
             t += syll + int(sr * rng.uniform(0.12, 0.35))
         else:
             t += syll
     segments = [(s, min(ln, n - s), k, v) for s, ln, k, v in segments if n - s > 8]
+    return _Plan(label, speaker, rng, p, n, expr, spk, segments, words)
+
+
+def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
+    """Utterance `index` -> (waveform (N,) float32 at 16 kHz, label, speaker); deterministic."""
+    plan = _plan(cfg, index)
+    rng, n, expr, spk, segments = plan.rng, plan.n, plan.expr, plan.speaker_traits, plan.segments
+    sr = SAMPLE_RATE
     vowels = [s for s in segments if s[2] == 1]
 
     # F0 contour (semitones re. speaker base): declination + one accent bump per vowel.
@@ -282,9 +359,9 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
 
     out = np.zeros(n + sr // 10)
     tail = sr // 50
-    for start, length, kind, vowel in segments:
+    for start, length, kind, identity in segments:
         if kind == 1:
-            formants = _VOWELS[vowel] * spk["vtl"] * np.exp(rng.normal(0.0, 0.05, 4))
+            formants = _VOWELS[identity] * spk["vtl"] * np.exp(rng.normal(0.0, 0.05, 4))
             src = excitation[start:start + length]
             breath = 10.0 ** ((expr.value("breath_db", start) + spk["breath_db"]) / 20.0) * 0.1
             noise = rng.standard_normal(length) * breath
@@ -302,6 +379,8 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
         else:
             centre = rng.uniform(2500.0, 6500.0)
             width = rng.uniform(0.3, 0.7)
+            if identity >= 0:  # a lexicon consonant: its band, a fixed width
+                centre, width = _CONSONANTS[identity], 0.35
 
             def band(f, centre=centre, width=width):
                 return np.exp(-0.5 * (np.log(np.maximum(f, 1.0) / centre) / width) ** 2)
@@ -318,7 +397,7 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
     if cfg.preset == "headroom":
         wave = _channel(np.random.default_rng([cfg.seed, 5, index]), wave)
     wave += rng.standard_normal(n) * 10.0 ** (rng.uniform(-62.0, -48.0) / 20.0)
-    return np.clip(wave, -1.0, 1.0).astype(np.float32), label, speaker
+    return np.clip(wave, -1.0, 1.0).astype(np.float32), plan.label, plan.speaker
 
 
 def _channel(rng: np.random.Generator, wave: np.ndarray) -> np.ndarray:
