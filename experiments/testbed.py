@@ -75,3 +75,60 @@ def oracle_ua(ds: Any, synthetic_config: Any) -> dict[str, Any]:
             source.labels)
 
     return _fit_select(split(ds.train), split(ds.validation), split(ds.test))
+
+
+# The cue ladder's rungs: what an oracle on the generator's values is given, from the gate's
+# oracle down towards what a log-Mel model can use.
+LADDER = (
+    ("latents", "the emotion parameters drawn (the gate's oracle)"),
+    ("with_speaker", "as the emotional stretch speaks them: with the speaker's offsets"),
+    ("contrast", "the stretch minus the neutral voice around it (no speaker knowledge)"),
+    ("no_perturbation", "without jitter and shimmer (cycle-to-cycle, averaged away by a "
+                        "25 ms log-Mel frame)"),
+    ("realized", "rate and pause as the syllables and pauses drawn, not their odds"),
+    ("no_f0", "without the F0 contour (f0_st, f0_range, decl, peak_pos)"),
+)
+_PERTURBATION = ("jitter", "shimmer")
+_F0 = ("f0_st", "f0_range", "decl", "peak_pos")
+
+
+def cue_ladder(synthetic_config: Any) -> dict[str, Any]:
+    """Test UA of logistic regression on each rung of ``LADDER``, on the speaker-independent
+    splits of the corpus ``synthetic_config`` describes (headroom preset; nothing is
+    rendered). Each rung gives the classifier less than the one above it, so the rung where
+    the UA falls to a network's says which cue the network does not use. With a lexicon,
+    every rung also gets the utterance's word shares (what is said is audible)."""
+    from hrf_jax.data.synthetic import LATENTS, latents, speaker_split, spoken_cues, utterance_plan
+
+    cfg = synthetic_config
+    names = list(LATENTS)
+    keep = [i for i, k in enumerate(names) if k not in _PERTURBATION]
+    no_f0 = [j for j, i in enumerate(keep) if names[i] not in _F0]
+    rate, pause = names.index("rate"), names.index("pause")
+    rows: dict[str, list[np.ndarray]] = {name: [] for name, _ in LADDER}
+    labels, splits = [], []
+    for index in range(cfg.num_utterances):
+        label, speaker = utterance_plan(cfg, index)
+        cues = spoken_cues(cfg, index)
+        contrast = cues["stretch"] - cues["neutral"]
+        realized = contrast.copy()
+        realized[[rate, pause]] = cues["realized"]
+        words = cues["words"]
+        for name, values in (("latents", latents(cfg, index)[:len(names)]),
+                             ("with_speaker", cues["stretch"]), ("contrast", contrast),
+                             ("no_perturbation", contrast[keep]),
+                             ("realized", realized[keep]),
+                             ("no_f0", realized[keep][no_f0])):
+            rows[name].append(np.concatenate([values, words]))
+        labels.append(label)
+        splits.append(speaker_split(speaker, cfg.num_speakers))
+    labels, splits = np.asarray(labels), np.asarray(splits)
+
+    def part(x: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return x[splits == split], labels[splits == split]
+
+    out = {}
+    for name, _ in LADDER:
+        x = np.stack(rows[name])
+        out[name] = _fit_select(part(x, "train"), part(x, "validation"), part(x, "test"))
+    return out

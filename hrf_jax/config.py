@@ -25,7 +25,9 @@ def default_config() -> ml_collections.ConfigDict:
          # synthetic corpora: 0 / negative = the corpus's own default
          "num_utterances": 0, "num_speakers": 0, "difficulty": -1.0,
          # words per class spoken in the utterances (hrf_jax/data/synthetic.py); 0: none
-         "lexicon": 0}
+         "lexicon": 0,
+         # emotion parameters made to carry no class, e.g. "f0_st,f0_range"; "": none
+         "flat": ""}
     )
     c.model = ml_collections.ConfigDict(
         {"backbone": "conformer", "size": "light", "hrf_ratio": 0, "hrf_depth": 1,

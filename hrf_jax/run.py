@@ -259,6 +259,7 @@ def dataset_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """Keyword options of ``prepare``/``load_dataset`` set in a ``dataset`` section."""
     opts = {"manifest": cfg.manifest or None, "num_utterances": cfg.num_utterances or None,
             "num_speakers": cfg.num_speakers or None, "lexicon": cfg.get("lexicon", 0) or None,
+            "flat": cfg.get("flat", "") or None,
             "difficulty": cfg.difficulty if cfg.get("difficulty", -1.0) >= 0 else None}
     return {k: v for k, v in opts.items() if v is not None}
 

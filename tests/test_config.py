@@ -46,10 +46,10 @@ def test_synthetic_corpus_options_reach_preparation_only_when_set():
     config = default_config()
     assert dataset_options(config.dataset) == {}  # the corpus's own defaults
     apply_overrides(config, ["--config.dataset.difficulty=0", "--config.dataset.num_speakers=12",
-                             "--config.dataset.lexicon=40"])
+                             "--config.dataset.lexicon=40", "--config.dataset.flat=f0_st,rate"])
     # difficulty 0 (prototypical classes) is a value, not "unset"
     assert dataset_options(config.dataset) == {"difficulty": 0.0, "num_speakers": 12,
-                                               "lexicon": 40}
+                                               "lexicon": 40, "flat": "f0_st,rate"}
 
 
 def test_defaults_validate():

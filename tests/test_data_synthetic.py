@@ -176,3 +176,42 @@ def test_lexicon_keeps_the_utterance_plan_changes_the_audio_and_zero_is_no_words
     assert config_name("synthetic_headroom", lexicon=0) == "default"
     assert config_name("synthetic_headroom", lexicon=40) != "default"
 
+
+
+def test_spoken_cues_are_the_stretch_and_the_neutral_voice_with_the_speakers_offsets():
+    from hrf_jax.data import synthetic
+
+    cfg = SyntheticConfig(num_utterances=24, num_speakers=6, preset="headroom", lexicon=4)
+    for index in (0, 7):
+        cues = synthetic.spoken_cues(cfg, index)
+        plan = synthetic._plan(cfg, index)
+        offsets = synthetic._speaker_offsets(cfg, plan.speaker)
+        drawn = synthetic.latents(cfg, index)
+        n = len(synthetic.LATENTS)
+        assert np.allclose(cues["stretch"] - [offsets[k] for k in synthetic.LATENTS], drawn[:n])
+        assert np.allclose(cues["words"], drawn[n:])
+        assert not np.allclose(cues["stretch"], cues["neutral"])
+        syllables = sum(kind == 1 for _, _, kind, _ in plan.segments)
+        assert cues["realized"][0] == pytest.approx(syllables / (plan.n / 16_000))
+        assert 0 <= cues["realized"][1] <= 1
+    with pytest.raises(ValueError, match="headroom preset"):
+        synthetic.spoken_cues(SyntheticConfig(), 0)
+
+
+def test_flat_cues_carry_no_class_and_unknown_names_are_refused():
+    from hrf_jax.data.synthetic import LATENTS, latents, utterance_plan
+
+    def class_means(cfg: SyntheticConfig, name: str) -> np.ndarray:
+        x = np.array([latents(cfg, i)[LATENTS.index(name)] for i in range(600)])
+        y = np.array([utterance_plan(cfg, i)[0] for i in range(600)])
+        return np.array([x[y == c].mean() for c in range(6)])
+
+    plain = SyntheticConfig(num_utterances=600, num_speakers=24, preset="headroom")
+    flat = SyntheticConfig(num_utterances=600, num_speakers=24, preset="headroom",
+                           flat="f0_st, rate")
+    assert flat.flat_cues == ("f0_st", "rate")
+    assert np.ptp(class_means(plain, "f0_st")) > 4.0  # sad -2 ... fear +5.5 semitones
+    assert np.ptp(class_means(flat, "f0_st")) < 0.8  # spread 1.8 / sqrt(100) per class
+    assert np.ptp(class_means(flat, "level_db")) > 5.0  # the others keep their profiles
+    with pytest.raises(ValueError, match="unknown emotion parameter"):
+        SyntheticConfig(flat="f0_st,pitch")

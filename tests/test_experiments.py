@@ -192,3 +192,26 @@ def test_a_finished_run_of_another_test_bed_is_refused_not_read(tmp_path):
     del saved["dataset"]["difficulty"]
     (where / CONFIG_FILE).write_text(json.dumps(saved))
     assert len(run_grid(grid, tmp_path, collect_only=True)["cells"]) == 1
+
+
+def test_cue_ladder_starts_at_the_gates_oracle_and_loses_the_cues_it_is_not_given():
+    from experiments.cue_ladder import bed_config, markdown
+    from experiments.testbed import LADDER, cue_ladder
+    from hrf_jax.data.synthetic import SyntheticConfig
+
+    lexical = bed_config("headroom_lexical")
+    assert (lexical.num_utterances, lexical.num_speakers, lexical.lexicon) == (19200, 96, 40)
+    assert bed_config("headroom").num_utterances == 4800
+    cfg = SyntheticConfig(num_utterances=1200, num_speakers=24, preset="headroom",
+                          min_seconds=1.2, max_seconds=2.8)
+    rungs = cue_ladder(cfg)
+    assert list(rungs) == [name for name, _ in LADDER]
+    ua = {k: v["ua"] for k, v in rungs.items()}
+    # the drawn parameters separate the six classes; without the F0 contour much less so
+    assert ua["latents"] > 0.7 and ua["no_f0"] < ua["realized"] - 0.05, ua
+    report = {"command": "c", "commit": "x", "date": "d", "rungs": dict(LADDER),
+              "beds": {"b": {"ladder_ua": {k: 100 * v for k, v in ua.items()},
+                             "networks_ua": {"light": 50.0, "seeds": {"light": 3}}}}}
+    text = markdown(report)
+    assert f"| latents | {LADDER[0][1]} | {100 * ua['latents']:.1f} |" in text
+    assert "| light (network) | Conformer, the bed's recipe | 50.0 (3 seeds) |" in text

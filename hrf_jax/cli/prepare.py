@@ -33,6 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--difficulty", type=float, default=None, help=_only("difficulty"))
     p.add_argument("--lexicon", type=int, default=None,
                    help=f"words per class spoken in the utterances ({_only('lexicon')})")
+    p.add_argument("--flat", default=None,
+                   help="emotion parameters made to carry no class, comma-separated "
+                        f"({_only('flat')})")
     p.add_argument("--seed", type=int, default=None, help=_only("seed"))
     p.add_argument("--balance", type=int, default=None,
                    help=f"keep the N longest turns per participant ({_only('balance')})")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         "features_dir": args.features_dir, "frame_rate": args.frame_rate,
         "num_mels": args.num_mels, "num_utterances": args.num_utterances,
         "num_speakers": args.num_speakers, "difficulty": args.difficulty, "lexicon": args.lexicon,
-        "seed": args.seed,
+        "flat": args.flat, "seed": args.seed,
         "balance": args.balance}.items() if v is not None}
     try:
         prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir,

@@ -28,7 +28,7 @@ RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgu
 CREMAD_CLASSES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 # The defaults of hrf_jax.data.synthetic.SyntheticConfig, which reads them from here.
 SYNTHETIC_OPTIONS = {"num_utterances": 2400, "num_speakers": 24, "seed": 0, "difficulty": 1.0,
-                     "min_seconds": 1.0, "max_seconds": 6.0, "lexicon": 0}
+                     "min_seconds": 1.0, "max_seconds": 6.0, "lexicon": 0, "flat": ""}
 # The HRF study's test bed (synthetic preset "headroom"): more speakers and utterances, 1.2-2.8 s
 # long so that a 1.6 s training crop holds most of the emotional stretch and its context.
 HEADROOM_OPTIONS = {**SYNTHETIC_OPTIONS, "num_utterances": 4800, "num_speakers": 48,

@@ -28,6 +28,10 @@ patterns across speakers and channels: meant as a cue whose difficulty grows wit
 vocabulary rather than with the overlap of the classes' prosody (whether it rewards a bigger
 model is what the bed `headroom_lexical` of experiments/hrf_study.py measures).
 
+`flat` names emotion parameters whose class means are all set to neutral's: they are still
+drawn and spoken, but carry no class. It ablates the cues one at a time, to test which of
+them a trained model uses (experiments/results/hrf_study_lexical_reading.md).
+
 It exists so that the whole pipeline (prepare, train, HRF merge, export) runs and means
 something without licensed corpora; it is not a substitute for real speech.
 """
@@ -99,6 +103,9 @@ class SyntheticConfig:
     max_seconds: float = _DEFAULTS["max_seconds"]
     preset: str = "basic"  # "headroom": the HRF study's test bed (module docstring)
     lexicon: int = _DEFAULTS["lexicon"]  # words per class (module docstring); 0: no words
+    # emotion parameters (comma-separated LATENTS names) whose class means are all set to
+    # neutral's, so that they carry no class: an ablation of the cues one at a time
+    flat: str = _DEFAULTS["flat"]
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -115,6 +122,15 @@ class SyntheticConfig:
             raise ValueError("need 0 < min_seconds <= max_seconds")
         if self.lexicon < 0:
             raise ValueError(f"lexicon must be >= 0 words per class, got {self.lexicon}")
+        unknown = sorted(set(self.flat_cues) - set(LATENTS))
+        if unknown:
+            raise ValueError(f"flat: unknown emotion parameter(s) {unknown}; choose from "
+                             f"{', '.join(LATENTS)}")
+
+    @property
+    def flat_cues(self) -> tuple[str, ...]:
+        """The parameters of ``flat``, in the order given."""
+        return tuple(name.strip() for name in self.flat.split(",") if name.strip())
 
 
 def speaker_split(speaker: int, num_speakers: int) -> str:
@@ -143,9 +159,11 @@ def _speaker_traits(cfg: SyntheticConfig, speaker: int) -> dict:
 
 
 def _profile(cfg: SyntheticConfig) -> dict:
-    if cfg.preset == "basic":
-        return _PROFILE
-    return {k: ((*means, *_EXTRA_PROFILE[k]), spread) for k, (means, spread) in _PROFILE.items()}
+    profile = _PROFILE if cfg.preset == "basic" else {
+        k: ((*means, *_EXTRA_PROFILE[k]), spread) for k, (means, spread) in _PROFILE.items()}
+    flat = cfg.flat_cues
+    return {k: (((means[0],) * len(means), spread) if k in flat else (means, spread))
+            for k, (means, spread) in profile.items()}
 
 
 def _speaker_offsets(cfg: SyntheticConfig, speaker: int) -> dict:
@@ -177,13 +195,36 @@ def latents(cfg: SyntheticConfig, index: int) -> np.ndarray:
     With a lexicon, then the share of its words from each class's list (class order)."""
     if cfg.lexicon:
         plan = _plan(cfg, index)
-        shares = np.bincount([word // cfg.lexicon for word in plan.words],
-                             minlength=len(cfg.class_names)) / max(len(plan.words), 1)
-        return np.concatenate([[plan.emotion[k] for k in LATENTS], shares])
+        return np.concatenate([[plan.emotion[k] for k in LATENTS], _word_shares(cfg, plan)])
     label, _ = utterance_plan(cfg, index)
     rng = np.random.default_rng([cfg.seed, 2, index])
     p = _emotion_params(rng, label, cfg.difficulty, _profile(cfg))
     return np.array([p[k] for k in LATENTS])
+
+
+def spoken_cues(cfg: SyntheticConfig, index: int) -> dict[str, np.ndarray]:
+    """Headroom preset: the emotion parameters as utterance ``index`` speaks them, for
+    oracles between ``latents`` and the audio. ``stretch`` / ``neutral``: the parameters
+    (``LATENTS`` order) of the emotional stretch and of the neutral voice around it, both
+    with the speaker's offsets; ``realized``: the syllable rate (per second of the
+    utterance) and the share of syllables followed by a pause, as drawn (the ``rate`` and
+    ``pause`` parameters only set their odds); ``words``: the share of the words from each
+    class's list (empty without a lexicon)."""
+    if cfg.preset != "headroom":
+        raise ValueError(f"spoken_cues needs the headroom preset, not {cfg.preset!r}")
+    plan = _plan(cfg, index)
+    syllables = sum(kind == 1 for _, _, kind, _ in plan.segments)
+    return {"stretch": np.array([plan.expr.emotion[k] for k in LATENTS]),
+            "neutral": np.array([plan.expr.neutral[k] for k in LATENTS]),
+            "realized": np.array([syllables * SAMPLE_RATE / plan.n,
+                                  plan.pauses / max(syllables, 1)]),
+            "words": _word_shares(cfg, plan) if cfg.lexicon else np.zeros(0)}
+
+
+def _word_shares(cfg: SyntheticConfig, plan: _Plan) -> np.ndarray:
+    """The share of the plan's words from each class's list, in class order."""
+    return np.bincount([word // cfg.lexicon for word in plan.words],
+                       minlength=len(cfg.class_names)) / max(len(plan.words), 1)
 
 
 def _vocabulary(cfg: SyntheticConfig) -> list[tuple[tuple[int, int], ...]]:
@@ -284,6 +325,7 @@ class _Plan:
     # (start, length, kind, identity): kind 0 consonant (identity: its band, -1 random), 1 vowel
     segments: list[tuple[int, int, int, int]]
     words: list[int]
+    pauses: int  # pauses drawn after syllables
 
 
 def _plan(cfg: SyntheticConfig, index: int) -> _Plan:
@@ -300,6 +342,7 @@ def _plan(cfg: SyntheticConfig, index: int) -> _Plan:
         word_rng = np.random.default_rng([cfg.seed, 7, index])
     pending: list[tuple[int, int]] = []  # the current word's syllables still to say
     words: list[int] = []
+    pauses = 0
 
     segments, t = [], int(sr * rng.uniform(0.05, 0.15))
     while t < n - int(0.1 * sr):
@@ -323,10 +366,11 @@ def _plan(cfg: SyntheticConfig, index: int) -> _Plan:
         # pauses fall between words when there are words
         if not pending and rng.random() < np.clip(expr.value("pause", t), 0.0, 0.6):
             t += syll + int(sr * rng.uniform(0.12, 0.35))
+            pauses += 1
         else:
             t += syll
     segments = [(s, min(ln, n - s), k, v) for s, ln, k, v in segments if n - s > 8]
-    return _Plan(label, speaker, rng, p, n, expr, spk, segments, words)
+    return _Plan(label, speaker, rng, p, n, expr, spk, segments, words, pauses)
 
 
 def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
