@@ -1,14 +1,14 @@
 """The cue ladder of the HRF study's test beds (issue #13): how far the generator's own
 values carry the labels as less and less of them is given, beside the networks' test UA.
 
-    python -m experiments.cue_ladder        # results/cue_ladder.{json,md}, about a minute
+    python -m experiments.cue_ladder        # results/cue_ladder.{json,md}, about 2 minutes
 
 For every bed of ``hrf_study.TESTBEDS`` it builds the corpus's configuration (the registry's
 defaults and the bed's ``dataset.*`` overrides), runs ``testbed.cue_ladder`` on it (nothing
 is rendered or prepared) and reads the light and gate models' mean test UA from the bed's
-committed results (``results/<stem>.json``). Where the ladder falls to the networks' level
-is where they stop using the generator's cues: a hint to what a bigger model could gain,
-not a measurement of a network.
+committed results (``results/<stem>.json``). The rung where the ladder falls to the
+networks' level suggests which cues they leave unused: a hint to what a bigger model could
+gain, not a measurement of a network.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.hrf_study import DATASET, TESTBEDS, _git_head
+from experiments.hrf_study import DATASET, TESTBEDS, git_head
 from experiments.run import RESULTS
 from experiments.testbed import LADDER, cue_ladder
 
@@ -67,7 +67,7 @@ def ladder_report(results_dir: Path) -> dict[str, Any]:
                          "networks_ua": networks(testbed, results_dir)}
     return {"command": " ".join(["python -m experiments.cue_ladder", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "commit": _git_head(), "rungs": dict(LADDER), "beds": beds}
+            "commit": git_head(), "rungs": dict(LADDER), "beds": beds}
 
 
 def markdown(report: dict[str, Any]) -> str:

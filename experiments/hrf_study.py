@@ -85,7 +85,7 @@ TESTBEDS: dict[str, dict[str, Any]] = {
                     "results": "hrf_study_4x", "gate_model": "large"},
     # the 4x bed with words: 40 per class, half of an utterance's words from its class's
     # list (hrf_jax/data/synthetic.py), so that a model gains by learning a vocabulary of 240
-    # acoustic patterns; gated with the medium model, which the CPU trains in 21 minutes
+    # acoustic patterns; gated with the medium model, which the CPU trains in 16-17 minutes
     "headroom_lexical": {"overrides": {"train.max_frames": 160, "train.epochs": 6,
                                        "dataset.num_utterances": 19200,
                                        "dataset.num_speakers": 96, "dataset.lexicon": 40},
@@ -290,7 +290,7 @@ def report(workdir: Path, results_dir: Path, testbed: str = "headroom") -> dict[
     study = {
         "command": " ".join(["python -m experiments.hrf_study", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": _git_head(),
+        "commit": git_head(),
         "machine": {**result["machine"], "cpus": os.cpu_count(),
                     "processor": platform.processor()},
         "testbed": {"name": testbed, "grid": GRID, "recipe": RECIPE,
@@ -309,7 +309,8 @@ def report(workdir: Path, results_dir: Path, testbed: str = "headroom") -> dict[
     return study
 
 
-def _git_head() -> str:
+def git_head() -> str:
+    """The checkout's short commit hash, written beside results; "" outside a git checkout."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()

@@ -96,7 +96,8 @@ def cue_ladder(synthetic_config: Any) -> dict[str, Any]:
     """Test UA of logistic regression on each rung of ``LADDER``, on the speaker-independent
     splits of the corpus ``synthetic_config`` describes (headroom preset; nothing is
     rendered). Each rung gives the classifier less than the one above it, so the rung where
-    the UA falls to a network's says which cue the network does not use. With a lexicon,
+    the UA falls to a network's suggests which cues the network leaves unused (an ablation
+    with ``SyntheticConfig.flat`` tests it). With a lexicon,
     every rung also gets the utterance's word shares (what is said is audible)."""
     from hrf_jax.data.synthetic import LATENTS, latents, speaker_split, spoken_cues, utterance_plan
 
