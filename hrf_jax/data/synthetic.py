@@ -46,37 +46,15 @@ from hrf_jax.audio import SAMPLE_RATE
 from hrf_jax.data.registry import HEADROOM_CLASSES
 from hrf_jax.data.registry import SYNTHETIC_CLASSES as CLASS_NAMES
 from hrf_jax.data.registry import SYNTHETIC_OPTIONS as _DEFAULTS
+from hrf_jax.data.synthetic_filters import channel, fade, fft_filter, formant_gain
+from hrf_jax.data.synthetic_profiles import EXTRA_PROFILE as _EXTRA_PROFILE
+from hrf_jax.data.synthetic_profiles import PROFILE as _PROFILE
 
 PRESETS = {"basic": CLASS_NAMES, "headroom": HEADROOM_CLASSES}  # preset -> class names
 
-# Class profiles, one column per class in CLASS_NAMES order, and the within-class spread
-# (standard deviation at difficulty 1) of each parameter.
-_PROFILE = {
-    #                 neutral happy  angry  sad     spread
-    "f0_st": ((0.0, 4.5, 3.5, -2.0), 1.8),  # mean F0 shift from speaker base, semitones
-    "f0_range": ((2.5, 6.0, 4.5, 1.2), 1.2),  # accent excursion, semitones
-    "decl": ((-1.0, 0.6, -2.0, -1.6), 0.9),  # F0 declination, semitones per second
-    "peak_pos": ((0.5, 0.65, 0.2, 0.45), 0.15),  # accent peak position inside a syllable
-    "rate": ((4.2, 5.0, 5.3, 3.1), 0.5),  # syllables per second
-    "level_db": ((0.0, 4.0, 7.0, -5.0), 2.5),  # intensity
-    "tilt": ((-12.0, -10.0, -6.5, -14.5), 1.5),  # source spectral tilt, dB per octave
-    "jitter": ((0.006, 0.010, 0.020, 0.008), 0.004),  # period perturbation, fraction
-    "shimmer": ((0.03, 0.045, 0.08, 0.04), 0.015),  # pulse amplitude perturbation, fraction
-    "breath_db": ((-26.0, -22.0, -30.0, -13.0), 4.0),  # aspiration noise re. voicing
-    "pause": ((0.10, 0.07, 0.05, 0.25), 0.05),  # probability of a pause after a syllable
-}
-# The headroom preset's two further classes (fear: high, narrow, fast, tense; boredom: low,
-# flat, slow, soft), same parameters and order as _PROFILE.
-_EXTRA_PROFILE = {
-    #                 fear   boredom
-    "f0_st": (5.5, -1.0), "f0_range": (2.0, 0.8), "decl": (0.8, -0.6), "peak_pos": (0.35, 0.5),
-    "rate": (5.6, 3.3), "level_db": (1.0, -3.0), "tilt": (-9.0, -13.5),
-    "jitter": (0.018, 0.006), "shimmer": (0.06, 0.035), "breath_db": (-16.0, -24.0),
-    "pause": (0.12, 0.15),
-}
 LATENTS = tuple(_PROFILE)  # the emotion parameters `latents` returns, in this order
 
-# Formants (Hz) and bandwidths of five vowels for an adult male vocal tract (Peterson & Barney).
+# Formants (Hz) of five vowels for an adult male vocal tract (Peterson & Barney).
 _VOWELS = np.array([
     [730.0, 1090.0, 2440.0, 3400.0],  # a
     [530.0, 1840.0, 2480.0, 3500.0],  # e
@@ -84,7 +62,6 @@ _VOWELS = np.array([
     [570.0, 840.0, 2410.0, 3300.0],  # o
     [300.0, 870.0, 2240.0, 3300.0],  # u
 ])
-_BANDWIDTHS = np.array([80.0, 100.0, 140.0, 200.0])
 # The lexicon's consonants: noise bands at fixed centres (Hz; the random syllables draw theirs
 # from 2.5-6.5 kHz), so that a syllable's identity is its consonant band and its vowel.
 _CONSONANTS = np.array([2600.0, 3200.0, 3900.0, 4700.0, 5500.0, 6300.0])
@@ -283,32 +260,6 @@ class _Expression:
         return w * self.emotion[name] + (1.0 - w) * self.neutral[name]
 
 
-def _fft_filter(signal: np.ndarray, gain_fn, tail: int) -> np.ndarray:
-    """Filter `signal` (N,) by a zero-phase magnitude response gain_fn(freqs) -> (N + tail,)."""
-    n = signal.shape[0] + tail
-    nfft = 1 << int(np.ceil(np.log2(max(n, 2))))
-    freqs = np.fft.rfftfreq(nfft, 1.0 / SAMPLE_RATE)
-    out = np.fft.irfft(np.fft.rfft(signal, nfft) * gain_fn(freqs), nfft)
-    return out[:n]
-
-
-def _formant_gain(freqs: np.ndarray, formants: np.ndarray) -> np.ndarray:
-    # Cascade of second-order resonators: unity at DC, peak ~F/B at each formant.
-    gain = np.ones_like(freqs)
-    for f, b in zip(formants, _BANDWIDTHS, strict=True):
-        gain /= np.sqrt((1.0 - (freqs / f) ** 2) ** 2 + (freqs * b / f**2) ** 2)
-    return gain
-
-
-def _fade(n: int, ramp: int) -> np.ndarray:
-    ramp = min(ramp, n // 2)
-    env = np.ones(n)
-    if ramp > 0:
-        r = 0.5 - 0.5 * np.cos(np.pi * np.arange(ramp) / ramp)
-        env[:ramp], env[n - ramp:] = r, r[::-1]
-    return env
-
-
 @dataclasses.dataclass
 class _Plan:
     """What utterance ``index`` says and how, before any audio: the draws ``synthesize``
@@ -412,14 +363,14 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
             tilt = expr.value("tilt", start) + spk["tilt"]
 
             def voiced(f, formants=formants, tilt=tilt):
-                return _formant_gain(f, formants) * (np.maximum(f, 100.0) / 100.0) ** (
+                return formant_gain(f, formants) * (np.maximum(f, 100.0) / 100.0) ** (
                     tilt / 6.02)
 
             def aspiration(f, formants=formants):
-                return _formant_gain(f, formants) * (np.maximum(f, 500.0) / 500.0) ** -1.0
+                return formant_gain(f, formants) * (np.maximum(f, 500.0) / 500.0) ** -1.0
 
-            seg = _fft_filter(src, voiced, tail) + _fft_filter(noise, aspiration, tail)
-            seg *= _fade(seg.size, sr // 200)
+            seg = fft_filter(src, voiced, tail) + fft_filter(noise, aspiration, tail)
+            seg *= fade(seg.size, sr // 200)
         else:
             centre = rng.uniform(2500.0, 6500.0)
             width = rng.uniform(0.3, 0.7)
@@ -429,8 +380,8 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
             def band(f, centre=centre, width=width):
                 return np.exp(-0.5 * (np.log(np.maximum(f, 1.0) / centre) / width) ** 2)
 
-            seg = _fft_filter(rng.standard_normal(length), band, tail) * rng.uniform(0.2, 0.8)
-            seg *= _fade(seg.size, sr // 400)
+            seg = fft_filter(rng.standard_normal(length), band, tail) * rng.uniform(0.2, 0.8)
+            seg *= fade(seg.size, sr // 400)
         out[start:start + seg.size] += seg * expr.gain(start)
     out = out[:n]
 
@@ -439,29 +390,6 @@ def synthesize(cfg: SyntheticConfig, index: int) -> tuple[np.ndarray, int, int]:
     level_db = expr.level_db() + spk["level_db"] + rng.normal(0.0, 3.0 * cfg.difficulty)
     wave = out / rms * 0.05 * 10.0 ** (level_db / 20.0)
     if cfg.preset == "headroom":
-        wave = _channel(np.random.default_rng([cfg.seed, 5, index]), wave)
+        wave = channel(np.random.default_rng([cfg.seed, 5, index]), wave)
     wave += rng.standard_normal(n) * 10.0 ** (rng.uniform(-62.0, -48.0) / 20.0)
     return np.clip(wave, -1.0, 1.0).astype(np.float32), plan.label, plan.speaker
-
-
-def _channel(rng: np.random.Generator, wave: np.ndarray) -> np.ndarray:
-    """Headroom: a random recording channel (telephone band or random low/high cuts, an
-    equalisation slope) and coloured noise (spectral slope 0-2, 1/f^a) at 15-40 dB SNR."""
-    if rng.random() < 0.2:
-        low, high = 300.0, 3400.0
-    else:
-        low, high = rng.uniform(40.0, 200.0), rng.uniform(4000.0, 7800.0)
-    slope = rng.uniform(-3.0, 3.0)  # dB per octave around 1 kHz
-
-    def response(f):
-        f = np.maximum(f, 1.0)
-        edges = 1.0 / np.sqrt((1.0 + (low / f) ** 4) * (1.0 + (f / high) ** 8))
-        return edges * (f / 1000.0) ** (slope / 6.02)
-
-    out = _fft_filter(wave, response, 0)
-    colour = rng.uniform(0.0, 2.0)
-    noise = _fft_filter(rng.standard_normal(wave.size),
-                        lambda f: np.maximum(f, 20.0) ** (-colour / 2.0), 0)
-    snr_db = rng.uniform(15.0, 40.0)
-    noise *= np.sqrt(np.mean(out**2) / (np.mean(noise**2) + 1e-12)) * 10.0 ** (-snr_db / 20.0)
-    return out + noise
