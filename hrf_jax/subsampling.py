@@ -73,6 +73,15 @@ class ConvSubsampling(nn.Module):
     ``inference_im2col``, in inference too; convolution ops otherwise and always under
     ``hrf_jax.conv_ops.convolution_ops()`` (export). Which inference form is faster depends on
     the shapes, so each model sets it from a measurement (BENCHMARKS.md, "One utterance").
+
+    ``train_chunk_frames``: while training on CPU the batch runs through the front end in
+    chunks of about this many frames (whole utterances, a divisor of the batch), one chunk
+    after another, each recomputed in the backward pass (``nn.scan`` of ``nn.remat``). The
+    front end's tensors are the largest of a light model's step (a first-conv output and the
+    second conv's patches of tens of MB at batch 32), and on a CPU their passes run at memory
+    speed; a chunk's fit in cache (BENCHMARKS.md, "Chunked front end"). The function and its
+    gradients are the unchunked ones up to float rounding; ``0`` turns chunking off, and
+    accelerators never chunk (their memory is fast and chunks would serialise the work).
     """
 
     channels: int
@@ -80,8 +89,8 @@ class ConvSubsampling(nn.Module):
     padding: str = "valid"
     flatten: str = "freq_channel"
     inference_im2col: bool = True
+    train_chunk_frames: int = 320
 
-    @nn.compact
     def __call__(self, x: Array, mask: Array, *, train: bool = False
                  ) -> tuple[Array, Array]:
         if self.padding not in PADDINGS:
@@ -90,8 +99,28 @@ class ConvSubsampling(nn.Module):
         if self.flatten not in FLATTENS:
             raise ValueError(f"subsampling flatten must be one of {FLATTENS}, "
                              f"got {self.flatten!r}")
-        p = PADDINGS[self.padding]
         im2col = (train or self.inference_im2col) and not use_convolution_ops()
+        if not train or self.is_initializing():  # (export traces a symbolic time axis)
+            return self.front_end(x, mask, im2col)
+        per_chunk = chunk_size(x.shape[0], x.shape[1], self.train_chunk_frames)
+        if per_chunk == x.shape[0]:
+            return self.front_end(x, mask, im2col)
+
+        def body(module: ConvSubsampling, carry: None, chunk: tuple[Array, Array]
+                 ) -> tuple[None, tuple[Array, Array]]:
+            return carry, module.front_end(*chunk, im2col)
+
+        scan = nn.scan(nn.remat(body, prevent_cse=False), variable_broadcast="params",
+                       split_rngs={"params": False})
+        b, n = x.shape[0], x.shape[0] // per_chunk
+        chunks = (x.reshape(n, per_chunk, *x.shape[1:]), mask.reshape(n, per_chunk, -1))
+        _, (h, out_mask) = scan(self, None, chunks)
+        return h.reshape(b, *h.shape[2:]), out_mask.reshape(b, -1)
+
+    @nn.compact
+    def front_end(self, x: Array, mask: Array, im2col: bool) -> tuple[Array, Array]:
+        """The convs and the projection over ``x`` as one batch."""
+        p = PADDINGS[self.padding]
         lengths = mask.sum(axis=-1)
         h = x[..., None]
         for i in range(2):
@@ -106,3 +135,13 @@ class ConvSubsampling(nn.Module):
         b, t = h.shape[:2]
         h = nn.Dense(self.features, name="proj")(h.reshape(b, t, h.shape[2] * h.shape[3]))
         return h, mask
+
+
+def chunk_size(batch: int, frames: int, chunk_frames: int) -> int:
+    """Utterances per front-end chunk while training: the largest divisor of ``batch`` of at
+    most ``max(1, chunk_frames // frames)``; ``batch`` (no chunks) for ``chunk_frames=0`` or
+    off CPU."""
+    if chunk_frames <= 0 or jax.default_backend() != "cpu":
+        return batch
+    target = max(1, chunk_frames // frames)
+    return max(d for d in range(1, min(target, batch) + 1) if batch % d == 0)

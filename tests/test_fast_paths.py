@@ -14,7 +14,7 @@ from hrf_jax.conv_ops import convolution_ops
 from hrf_jax.masking import zero_padding
 from hrf_jax.models import build_model
 from hrf_jax.models.conformer import DepthwiseConv1D
-from hrf_jax.subsampling import ConvSubsampling
+from hrf_jax.subsampling import ConvSubsampling, chunk_size
 
 
 def _padded(shape, seed=0):
@@ -103,3 +103,35 @@ def test_each_model_and_mode_traces_its_form(backbone, eval_convs, export_convs)
     with convolution_ops():  # export: one op per conv (the Conformer's depthwise conv too)
         assert convs() == export_convs
         assert convs(**train) == export_convs
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_chunked_training_front_end_is_the_whole_batch(padding):
+    # B=6, T=23, 60 frames a chunk: 2 utterances a chunk, 3 chunks (a scan of rematerialised
+    # chunks); 0 runs the batch at once
+    x, mask = _padded((6, 23, 11))
+    whole = ConvSubsampling(6, 8, padding=padding, train_chunk_frames=0)
+    chunked = ConvSubsampling(6, 8, padding=padding, train_chunk_frames=60)
+    variables = whole.init(jax.random.PRNGKey(0), x, mask)
+    assert jax.tree.map(jnp.shape, chunked.init(jax.random.PRNGKey(0), x, mask)) == \
+        jax.tree.map(jnp.shape, variables)
+
+    def train(module):
+        return lambda v, a: module.apply(v, a, mask, train=True)[0]
+
+    np.testing.assert_array_equal(chunked.apply(variables, x, mask, train=True)[1],
+                                  whole.apply(variables, x, mask, train=True)[1])
+    assert "scan" in str(jax.make_jaxpr(train(chunked))(variables, x))
+    assert "scan" not in str(jax.make_jaxpr(train(whole))(variables, x))
+    _assert_close(_outputs_and_grads(train(chunked), variables, x),
+                  _outputs_and_grads(train(whole), variables, x))
+
+
+def test_chunk_size_divides_the_batch_and_stays_off_accelerators(monkeypatch):
+    assert chunk_size(32, 160, 320) == 2
+    assert chunk_size(32, 300, 320) == 1
+    assert chunk_size(30, 40, 320) == 6  # 8 utterances would not divide the batch
+    assert chunk_size(7, 40, 320) == 7
+    assert chunk_size(32, 160, 0) == 32
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert chunk_size(32, 160, 320) == 32
