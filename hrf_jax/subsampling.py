@@ -79,9 +79,10 @@ class ConvSubsampling(nn.Module):
     after another, each recomputed in the backward pass (``nn.scan`` of ``nn.remat``). The
     front end's tensors are the largest of a light model's step (a first-conv output and the
     second conv's patches of tens of MB at batch 32), and on a CPU their passes run at memory
-    speed; a chunk's fit in cache (BENCHMARKS.md, "Chunked front end"). The function and its
-    gradients are the unchunked ones up to float rounding; ``0`` turns chunking off, and
-    accelerators never chunk (their memory is fast and chunks would serialise the work).
+    speed; a chunk's tensors fit in cache (BENCHMARKS.md, "Chunked front end"). The function
+    and its gradients are the unchunked ones up to float rounding; ``0`` turns chunking off.
+    Accelerators never chunk: chunks would serialise work a GPU runs in parallel (not
+    measured there).
     """
 
     channels: int
