@@ -48,11 +48,17 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
 
 
 def run_meta(load_start: Sequence[float]) -> dict[str, Any]:
-    """Date, machine, jax version and the load averages at the start and now."""
+    """Date, machine, jax version, the fp32 matmul peak now and the load averages at the
+    start and now. The peak is kept because the same machine kind has measured twice the
+    usual one on some days (BENCHMARKS.md, "Side by side"): runs of different days compare
+    only where it agrees."""
     import jax
+
+    from hrf_jax.bench.machine import matmul_peak_gflops
 
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
             "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            "matmul_peak_gflops": matmul_peak_gflops(),
             "loadavg_start": tuple(load_start),
             "loadavg_end": os.getloadavg()}

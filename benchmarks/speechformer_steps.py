@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"baseline": args.baseline, "frames": t, "batch": b, "rounds": args.rounds,
               **run_meta(load_start), "rows": rows}
     load_end = result["loadavg_end"]
-    print(f"\nload average start {load_start}, end {load_end}")
+    print(f"\nload average start {load_start}, end {load_end}; fp32 matmul peak "
+          f"{result['matmul_peak_gflops']:.0f} GFLOP/s")
     print("| SpeechFormer-S | baseline ms (median, range) | current ms (median, range) | "
           "speed-up |")
     print("|---|---|---|---|")
