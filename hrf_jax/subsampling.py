@@ -74,15 +74,17 @@ class ConvSubsampling(nn.Module):
     ``hrf_jax.conv_ops.convolution_ops()`` (export). Which inference form is faster depends on
     the shapes, so each model sets it from a measurement (BENCHMARKS.md, "One utterance").
 
-    ``train_chunk_frames``: while training on CPU the batch runs through the front end in
-    chunks of about this many frames (whole utterances, a divisor of the batch), one chunk
-    after another, each recomputed in the backward pass (``nn.scan`` of ``nn.remat``). The
-    front end's tensors are the largest of a light model's step (a first-conv output and the
-    second conv's patches of tens of MB at batch 32), and on a CPU their passes run at memory
-    speed; a chunk's tensors fit in cache (BENCHMARKS.md, "Chunked front end"). The function
-    and its gradients are the unchunked ones up to float rounding; ``0`` turns chunking off.
-    Accelerators never chunk: chunks would serialise work a GPU runs in parallel (not
-    measured there).
+    ``train_chunk_bytes``: while training on CPU the batch runs through the front end in
+    chunks (whole utterances, a divisor of the batch) whose first-conv output takes at most
+    this many bytes, one chunk after another, each recomputed in the backward pass
+    (``nn.scan`` of ``nn.remat``). The front end's tensors are the largest of a light
+    model's step (a first-conv output and the second conv's patches of tens of MB at batch
+    32), and on a CPU their passes run at memory speed; a chunk's tensors fit in cache
+    (BENCHMARKS.md, "Chunked front end"). Where one utterance alone exceeds the budget (the
+    large models' 144-256 channels), chunks would not fit and measured slower, so the batch
+    runs at once. The function and its gradients are the unchunked ones up to float
+    rounding; ``0`` turns chunking off. Accelerators never chunk: chunks would serialise work
+    a GPU runs in parallel (not measured there).
     """
 
     channels: int
@@ -90,7 +92,7 @@ class ConvSubsampling(nn.Module):
     padding: str = "valid"
     flatten: str = "freq_channel"
     inference_im2col: bool = True
-    train_chunk_frames: int = 320
+    train_chunk_bytes: int = 2 * 2**20
 
     def __call__(self, x: Array, mask: Array, *, train: bool = False
                  ) -> tuple[Array, Array]:
@@ -103,7 +105,10 @@ class ConvSubsampling(nn.Module):
         im2col = (train or self.inference_im2col) and not use_convolution_ops()
         if not train or self.is_initializing():  # (export traces a symbolic time axis)
             return self.front_end(x, mask, im2col)
-        per_chunk = chunk_size(x.shape[0], x.shape[1], self.train_chunk_frames)
+        p = PADDINGS[self.padding]
+        t, f = ((n + 2 * p - 3) // 2 + 1 for n in x.shape[1:3])
+        per_chunk = chunk_size(x.shape[0], t * f * self.channels * x.dtype.itemsize,
+                               self.train_chunk_bytes)
         if per_chunk == x.shape[0]:
             return self.front_end(x, mask, im2col)
 
@@ -138,11 +143,12 @@ class ConvSubsampling(nn.Module):
         return h, mask
 
 
-def chunk_size(batch: int, frames: int, chunk_frames: int) -> int:
-    """Utterances per front-end chunk while training: the largest divisor of ``batch`` of at
-    most ``max(1, chunk_frames // frames)``; ``batch`` (no chunks) for ``chunk_frames=0`` or
-    off CPU."""
-    if chunk_frames <= 0 or jax.default_backend() != "cpu":
+def chunk_size(batch: int, utterance_bytes: int, chunk_bytes: int) -> int:
+    """Utterances per front-end chunk while training: the largest divisor of ``batch`` whose
+    utterances' first-conv outputs (``utterance_bytes`` each) fit in ``chunk_bytes``;
+    ``batch`` (no chunks) where one utterance does not fit, for ``chunk_bytes=0`` and off
+    CPU."""
+    fits = chunk_bytes // max(utterance_bytes, 1)
+    if fits < 1 or jax.default_backend() != "cpu":
         return batch
-    target = max(1, chunk_frames // frames)
-    return max(d for d in range(1, min(target, batch) + 1) if batch % d == 0)
+    return max(d for d in range(1, min(fits, batch) + 1) if batch % d == 0)

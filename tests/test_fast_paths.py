@@ -107,11 +107,12 @@ def test_each_model_and_mode_traces_its_form(backbone, eval_convs, export_convs)
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_chunked_training_front_end_is_the_whole_batch(padding):
-    # B=6, T=23, 60 frames a chunk: 2 utterances a chunk, 3 chunks (a scan of rematerialised
-    # chunks); 0 runs the batch at once
+    # B=6, T=23, F=11, 6 channels: a first-conv output of 11 x 5 x 6 float32 per utterance
+    # (12 x 6 x 6 with "same"), so a budget of two "same" ones makes 2 utterances a chunk,
+    # 3 chunks (a scan of rematerialised chunks); 0 runs the batch at once
     x, mask = _padded((6, 23, 11))
-    whole = ConvSubsampling(6, 8, padding=padding, train_chunk_frames=0)
-    chunked = ConvSubsampling(6, 8, padding=padding, train_chunk_frames=60)
+    whole = ConvSubsampling(6, 8, padding=padding, train_chunk_bytes=0)
+    chunked = ConvSubsampling(6, 8, padding=padding, train_chunk_bytes=2 * 12 * 6 * 6 * 4)
     variables = whole.init(jax.random.PRNGKey(0), x, mask)
     assert jax.tree.map(jnp.shape, chunked.init(jax.random.PRNGKey(0), x, mask)) == \
         jax.tree.map(jnp.shape, variables)
@@ -128,10 +129,12 @@ def test_chunked_training_front_end_is_the_whole_batch(padding):
 
 
 def test_chunk_size_divides_the_batch_and_stays_off_accelerators(monkeypatch):
-    assert chunk_size(32, 160, 320) == 2
-    assert chunk_size(32, 300, 320) == 1
-    assert chunk_size(30, 40, 320) == 6  # 8 utterances would not divide the batch
-    assert chunk_size(7, 40, 320) == 7
-    assert chunk_size(32, 160, 0) == 32
+    mib = 2**20
+    assert chunk_size(32, mib, 2 * mib) == 2
+    assert chunk_size(32, 2 * mib - 1, 2 * mib) == 1
+    assert chunk_size(30, mib // 8, 2 * mib) == 15  # 16 utterances would not divide the batch
+    assert chunk_size(7, mib // 8, 2 * mib) == 7
+    assert chunk_size(32, 3 * mib, 2 * mib) == 32  # one utterance does not fit: no chunks
+    assert chunk_size(32, mib, 0) == 32
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert chunk_size(32, 160, 320) == 32
+    assert chunk_size(32, mib, 2 * mib) == 32
