@@ -4,6 +4,8 @@ Used by ``hrf_jax.data.synthetic``, which decides what is said and how."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from hrf_jax.audio import SAMPLE_RATE
@@ -12,7 +14,8 @@ from hrf_jax.audio import SAMPLE_RATE
 BANDWIDTHS = np.array([80.0, 100.0, 140.0, 200.0])
 
 
-def fft_filter(signal: np.ndarray, gain_fn, tail: int) -> np.ndarray:
+def fft_filter(signal: np.ndarray, gain_fn: Callable[[np.ndarray], np.ndarray], tail: int
+               ) -> np.ndarray:
     """Filter `signal` (N,) by a zero-phase magnitude response gain_fn(freqs) -> (N + tail,)."""
     n = signal.shape[0] + tail
     nfft = 1 << int(np.ceil(np.log2(max(n, 2))))
