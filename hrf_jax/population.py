@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from hrf_jax.train import DataParallel, StepFn, TrainState, create_state, train_step_fn
+from hrf_jax.xla_options import train_compiler_options
 
 
 def stack_states(states: Sequence[TrainState]) -> TrainState:
@@ -75,7 +76,8 @@ def make_population_step(
                                   class_weights=class_weights, compute_dtype=compute_dtype))
     members = parallel.batch  # PartitionSpec("data") splits the leading (member) axis
     return jax.jit(step, in_shardings=(members, members), out_shardings=(members, members),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,),
+                   compiler_options=train_compiler_options(model, parallel.platform))
 
 
 def make_population_eval_step(

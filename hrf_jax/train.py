@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hrf_jax.config import OPTIMIZERS, parse_lr_scale
 from hrf_jax.reparam import hrf_param_mask
 from hrf_jax.trees import key_path
+from hrf_jax.xla_options import train_compiler_options
 
 Batch = dict[str, np.ndarray]
 
@@ -183,6 +184,11 @@ class DataParallel:
         return self.mesh.size
 
     @property
+    def platform(self) -> str:
+        """``"cpu"``, ``"gpu"`` or ``"tpu"``: the platform of the mesh's devices."""
+        return self.mesh.devices.flat[0].platform
+
+    @property
     def host(self) -> tuple[int, int]:
         """``(index, count)`` of this process, for loaders that read one host's share."""
         return jax.process_index(), jax.process_count()
@@ -266,7 +272,8 @@ def make_train_step(
     compute_dtype: Any = jnp.float32,
 ) -> StepFn:
     """``train_step(state, batch) -> (state, {"loss", "correct", "count"})``, jit-compiled once
-    per batch shape, state buffers donated. Parameters stay float32; with
+    per batch shape, state buffers donated, with the XLA options the model asks for on this
+    platform (``hrf_jax.xla_options``). Parameters stay float32; with
     ``compute_dtype=bfloat16`` the forward/backward pass runs in bf16."""
     step = train_step_fn(model, tx, label_smoothing=label_smoothing,
                          class_weights=class_weights, compute_dtype=compute_dtype)
@@ -275,6 +282,7 @@ def make_train_step(
         in_shardings=(parallel.replicated, parallel.batch),
         out_shardings=(parallel.replicated, parallel.replicated),
         donate_argnums=(0,),
+        compiler_options=train_compiler_options(model, parallel.platform),
     )
 
 

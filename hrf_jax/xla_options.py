@@ -1,0 +1,42 @@
+"""XLA compiler options a model asks for its train step on CPU, where this jaxlib knows them.
+
+Recent XLA CPU builds hand matmuls and also elementwise and reduce fusions to YNNPACK. For
+the SpeechFormer's local attention that costs: a YNNPACK fusion cannot read a shifted slice
+of the padded keys in place, so every window offset's keys are copied first. A train step
+compiled with matmul fusions only (``YNN_DOTS_ONLY``) ran 1.3-1.4x faster for every
+SpeechFormer size, with the same loss; the Conformer was unchanged and the ConvTransformer
+6-12 % slower, and one-utterance inference slower too (BENCHMARKS.md, "YNNPACK fusions"),
+so a model opts in for training only (``xla_cpu_train_options``, a class attribute).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+# dots, with the elementwise work around them, still go to YNNPACK; other fusions to XLA's own
+YNN_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+@functools.cache
+def _known(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib's CPU compiler accepts ``options`` (older ones lack YNNPACK's)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
+    # jax's JaxRuntimeError (XlaRuntimeError in older jax) is a RuntimeError: "No such compile
+    # option" or "not a valid enum value"
+    except RuntimeError:
+        return False
+    return True
+
+
+def train_compiler_options(model: Any, platform: str) -> dict[str, str]:
+    """The ``compiler_options`` of ``model``'s train step on ``platform``: the model's
+    ``xla_cpu_train_options`` on CPU when this jaxlib knows them, else none (XLA's defaults)."""
+    options = getattr(model, "xla_cpu_train_options", None)
+    if platform != "cpu" or not options or not _known(tuple(sorted(options.items()))):
+        return {}
+    return dict(options)

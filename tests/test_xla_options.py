@@ -1,0 +1,59 @@
+"""XLA compiler options per model: which steps get them, and that they change the compiled
+program but not what a train step computes."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from hrf_jax.models import build_model
+from hrf_jax.train import DataParallel, create_state, make_train_step
+from hrf_jax.xla_options import YNN_DOTS_ONLY, _known, train_compiler_options
+from tests.test_train_steps import tiny_batch
+
+KNOWN = _known(tuple(sorted(YNN_DOTS_ONLY.items())))
+
+
+class _Asks:
+    def __init__(self, options):
+        self.xla_cpu_train_options = options
+
+
+def test_only_models_that_ask_get_options_and_only_on_cpu():
+    speechformer = build_model("speechformer", "light", num_classes=4)
+    assert train_compiler_options(speechformer, "gpu") == {}
+    assert train_compiler_options(speechformer, "cpu") == (YNN_DOTS_ONLY if KNOWN else {})
+    for backbone in ("conformer", "convtransformer"):
+        assert train_compiler_options(build_model(backbone, "light", num_classes=4), "cpu") == {}
+
+
+def test_options_this_jaxlib_does_not_know_fall_back_to_xla_defaults():
+    assert train_compiler_options(_Asks({"xla_cpu_no_such_option": "1"}), "cpu") == {}
+    bad_value = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_KIND"}
+    assert train_compiler_options(_Asks(bad_value), "cpu") == {}
+
+
+def test_options_change_the_program_not_the_step():
+    """The SpeechFormer step with its options and the same step with XLA's defaults: equal
+    loss and parameters after two steps; with the options, fewer YNNPACK fusions."""
+    if not KNOWN:
+        pytest.skip("this jaxlib has no YNNPACK fusion option")
+    model = build_model("speechformer", "light", num_classes=4, dropout=0.0, head_dropout=0.0)
+    batch = tiny_batch(frames=100)
+    parallel = DataParallel()
+    tx = optax.sgd(0.1, momentum=0.9)  # AdamW would magnify float noise of near-zero grads
+    placed = parallel.put_batch(batch)
+    fresh = lambda: create_state(model, tx, jax.random.PRNGKey(0), batch["feats"], batch["mask"])
+    tuned = make_train_step(model, tx, parallel)
+    plain = jax.jit(tuned.__wrapped__, donate_argnums=(0,))
+    texts = [f.lower(fresh(), placed).compile().as_text() for f in (tuned, plain)]
+    assert texts[0].count("__ynn_fusion") < texts[1].count("__ynn_fusion")
+    results = []
+    for step in (tuned, plain):
+        state = fresh()
+        for _ in range(2):
+            state, stats = step(state, placed)
+        results.append((float(stats["loss"]), state.params))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
