@@ -3,10 +3,10 @@
 Recent XLA CPU builds hand matmuls and also elementwise and reduce fusions to YNNPACK. For
 the SpeechFormer's local attention that costs: a YNNPACK fusion cannot read a shifted slice
 of the padded keys in place, so every window offset's keys are copied first. A train step
-compiled with matmul fusions only (``YNN_DOTS_ONLY``) ran 1.3-1.4x faster for every
-SpeechFormer size, with the same loss; the Conformer was unchanged and the ConvTransformer
-6-12 % slower, and one-utterance inference slower too (BENCHMARKS.md, "YNNPACK fusions"),
-so a model opts in for training only (``xla_cpu_train_options``, a class attribute).
+compiled with matmul fusions only (``YNN_DOTS_ONLY``) ran 1.2-1.6x faster for every SpeechFormer
+size, with the same loss; the Conformer and ConvTransformer steps were unchanged to 12 % slower
+and one-utterance inference 15-30 % slower (BENCHMARKS.md, "Train steps with YNNPACK for
+matmuls only"), so a model opts in, for training only (its ``xla_cpu_train_options``).
 """
 
 from __future__ import annotations

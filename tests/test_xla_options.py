@@ -9,7 +9,6 @@ import pytest
 from hrf_jax.models import build_model
 from hrf_jax.train import DataParallel, create_state, make_train_step
 from hrf_jax.xla_options import YNN_DOTS_ONLY, _known, train_compiler_options
-from tests.test_train_steps import tiny_batch
 
 KNOWN = _known(tuple(sorted(YNN_DOTS_ONLY.items())))
 
@@ -39,7 +38,10 @@ def test_options_change_the_program_not_the_step():
     if not KNOWN:
         pytest.skip("this jaxlib has no YNNPACK fusion option")
     model = build_model("speechformer", "light", num_classes=4, dropout=0.0, head_dropout=0.0)
-    batch = tiny_batch(frames=100)
+    rng = np.random.default_rng(0)  # 100 frames, ragged: every stage has a real token
+    batch = {"feats": rng.standard_normal((8, 100, 16)).astype(np.float32),
+             "mask": np.arange(100)[None] < rng.integers(50, 101, (8, 1)),
+             "label": (np.arange(8) % 4).astype(np.int32)}
     parallel = DataParallel()
     tx = optax.sgd(0.1, momentum=0.9)  # AdamW would magnify float noise of near-zero grads
     placed = parallel.put_batch(batch)
@@ -57,3 +59,10 @@ def test_options_change_the_program_not_the_step():
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_benchmark_measures_the_options_the_library_applies():
+    from benchmarks.compiler_options import compiler_options
+
+    assert compiler_options("dots") == YNN_DOTS_ONLY
+    assert compiler_options("default") == {}
