@@ -68,16 +68,19 @@ def make_population_step(
     label_smoothing: float = 0.0,
     class_weights: np.ndarray | None = None,
     compute_dtype: Any = jnp.float32,
+    compiler_options: dict[str, str] | None = None,
 ) -> StepFn:
     """``step(states, batches) -> (states, stats)``: the train step of ``make_train_step``
     for every member at once. ``batches`` hold ``(K, B, ...)`` arrays; each stat is ``(K,)``.
-    Compiled once per (K, batch shape); the population state's buffers are donated."""
+    Compiled once per (K, batch shape) with ``compiler_options`` as in ``make_train_step``;
+    the population state's buffers are donated."""
+    if compiler_options is None:
+        compiler_options = train_compiler_options(model, parallel.platform)
     step = jax.vmap(train_step_fn(model, tx, label_smoothing=label_smoothing,
                                   class_weights=class_weights, compute_dtype=compute_dtype))
     members = parallel.batch  # PartitionSpec("data") splits the leading (member) axis
     return jax.jit(step, in_shardings=(members, members), out_shardings=(members, members),
-                   donate_argnums=(0,),
-                   compiler_options=train_compiler_options(model, parallel.platform))
+                   donate_argnums=(0,), compiler_options=compiler_options)
 
 
 def make_population_eval_step(

@@ -270,11 +270,15 @@ def make_train_step(
     label_smoothing: float = 0.0,
     class_weights: np.ndarray | None = None,
     compute_dtype: Any = jnp.float32,
+    compiler_options: dict[str, str] | None = None,
 ) -> StepFn:
     """``train_step(state, batch) -> (state, {"loss", "correct", "count"})``, jit-compiled once
-    per batch shape, state buffers donated, with the XLA options the model asks for on this
-    platform (``hrf_jax.xla_options``). Parameters stay float32; with
-    ``compute_dtype=bfloat16`` the forward/backward pass runs in bf16."""
+    per batch shape, state buffers donated. ``compiler_options``: XLA options of the step;
+    ``None`` takes those the model asks for on this platform (``hrf_jax.xla_options``), ``{}``
+    XLA's defaults. Parameters stay float32; with ``compute_dtype=bfloat16`` the
+    forward/backward pass runs in bf16."""
+    if compiler_options is None:
+        compiler_options = train_compiler_options(model, parallel.platform)
     step = train_step_fn(model, tx, label_smoothing=label_smoothing,
                          class_weights=class_weights, compute_dtype=compute_dtype)
     return jax.jit(
@@ -282,7 +286,7 @@ def make_train_step(
         in_shardings=(parallel.replicated, parallel.batch),
         out_shardings=(parallel.replicated, parallel.replicated),
         donate_argnums=(0,),
-        compiler_options=train_compiler_options(model, parallel.platform),
+        compiler_options=compiler_options,
     )
 
 
