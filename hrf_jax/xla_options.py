@@ -24,10 +24,10 @@ YNN_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DO
 @functools.cache
 def _known(options: tuple[tuple[str, str], ...]) -> bool:
     """Whether this jaxlib's CPU compiler accepts ``options`` (older ones lack YNNPACK's)."""
+    # an unknown option or value raises jax's JaxRuntimeError (XlaRuntimeError in older jax),
+    # a RuntimeError: "No such compile option" / "not a valid enum value"
     try:
         jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
-    # jax's JaxRuntimeError (XlaRuntimeError in older jax) is a RuntimeError: "No such compile
-    # option" or "not a valid enum value"
     except RuntimeError:
         return False
     return True
