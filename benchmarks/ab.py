@@ -47,6 +47,16 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
             "max_ms": float(ms.max()), "n": int(ms.size)}
 
 
+def timed(fn: Any, n: int) -> list[float]:
+    """Seconds of ``n`` calls of ``fn`` (which blocks until its result is ready)."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def run_meta(load_start: Sequence[float]) -> dict[str, Any]:
     """Date, machine, jax version, the fp32 matmul peak now and the load averages at the
     start and now. The peak is kept because the same machine kind has measured twice the

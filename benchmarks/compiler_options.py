@@ -18,12 +18,11 @@ import argparse
 import json
 import os
 import pathlib
-import time
 from typing import Any
 
 import numpy as np
 
-from benchmarks.ab import run_meta, summary_ms
+from benchmarks.ab import run_meta, summary_ms, timed
 from hrf_jax.hugepages import exec_with_hugepages
 
 KIND = "xla_cpu_experimental_ynn_fusion_type"
@@ -40,15 +39,6 @@ def compiler_options(name: str) -> dict[str, str]:
         return {}
     kinds = [k for k in YNN_KINDS[name].split(",") if k]
     return {KIND: ",".join(LIBRARY + k for k in kinds)}
-
-
-def timed(fn: Any, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def measure_cell(cell: str, options: list[str], batch_size: int, rounds: int, steps: int,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.ab import load_baseline_modules, run_meta, summary_ms
+from benchmarks.ab import load_baseline_modules, run_meta, summary_ms, timed
 from hrf_jax.hugepages import exec_with_hugepages
 
 # module name -> file; loaded in this order, each importing the baseline copies before it
@@ -35,16 +35,6 @@ FILES = {"local_attention": "hrf_jax/local_attention.py", "attention": "hrf_jax/
 def load_baseline(rev: str, folder: pathlib.Path) -> Any:
     """``rev``'s speechformer module, wired to ``rev``'s attention/layers/local_attention."""
     return load_baseline_modules(rev, FILES, folder)["speechformer"]
-
-
-def timed(fn: Any, n: int) -> list[float]:
-    """Seconds of ``n`` calls of ``fn`` (which blocks until its result is ready)."""
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
