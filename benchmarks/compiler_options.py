@@ -1,13 +1,14 @@
-"""One train step compiled under several XLA CPU compiler options, alternated in one process.
+"""Train and eval steps compiled under several XLA CPU compiler options, alternated in one process.
 
 How ``hrf_jax.xla_options`` was chosen: for each ``--cells`` entry (``backbone:variant:frames``,
 batch 32, SGD lr 1e-3 momentum 0.9, every frame real) the pure train step is jit-compiled
 once per ``--options`` entry with that entry's ``compiler_options`` (``default``: XLA's own;
 the others set ``xla_cpu_experimental_ynn_fusion_type``, which YNNPACK fusions XLA forms),
-and with ``--utterance`` also the one-utterance eval forward. Each round times ``--steps``
-steps of every option in alternating order; the table gives medians and ranges and the loss of
-each option's first step (the options change the compiled program, not what it computes).
-Options this jaxlib does not know fail at compile time. Prints and writes JSON; never asserts.
+with ``--utterance`` also the one-utterance eval forward and with ``--eval`` the eval forward
+of the whole batch (``--skip-train``: those only). Each round times ``--steps`` steps of every
+option in alternating order; the table gives medians and ranges and the loss of each option's
+first step (the options change the compiled program, not what it computes). Options this
+jaxlib does not know fail at compile time. Prints and writes JSON; never asserts.
 
 ``python -m benchmarks.compiler_options --cells speechformer:S:651 --options default dots``
 """
@@ -42,7 +43,8 @@ def compiler_options(name: str) -> dict[str, str]:
 
 
 def measure_cell(cell: str, options: list[str], batch_size: int, rounds: int, steps: int,
-                 utterance: bool) -> list[dict[str, Any]]:
+                 utterance: bool, eval_batch: bool = False, train: bool = True
+                 ) -> list[dict[str, Any]]:
     """One row per option of ``cell`` (``backbone:variant:frames``), alternated in rounds."""
     import jax
     import optax
@@ -68,7 +70,7 @@ def measure_cell(cell: str, options: list[str], batch_size: int, rounds: int, st
         opts = compiler_options(name)
         step = jax.jit(train_step_fn(model, tx), donate_argnums=(0,), compiler_options=opts)
         state, stats = step(create_state(model, tx, jax.random.PRNGKey(0), *one), batch)
-        side = {"first_loss": float(stats["loss"]), "train": [], "utterance": []}
+        side = {"first_loss": float(stats["loss"]), "train": [], "utterance": [], "eval": []}
         variables = jax.tree.map(jax.numpy.copy, {"params": state.params, **(
             {"batch_stats": state.batch_stats} if state.batch_stats else {})})
         state, stats = step(state, batch)  # compiles again for the returned state
@@ -80,24 +82,29 @@ def measure_cell(cell: str, options: list[str], batch_size: int, rounds: int, st
             jax.block_until_ready(stats)
 
         side["train_once"] = train_once
-        if utterance:
-            fn = jax.jit(infer, compiler_options=opts)
-            jax.block_until_ready(fn(variables, *one))
-            side["infer_once"] = lambda fn=fn, v=variables: jax.block_until_ready(fn(v, *one))
+        fn = jax.jit(infer, compiler_options=opts)
+        for kind, inputs in (("utterance", one), ("eval", (batch["feats"], batch["mask"]))):
+            if kind == "utterance" and utterance or kind == "eval" and eval_batch:
+                jax.block_until_ready(fn(variables, *inputs))
+                side[f"{kind}_once"] = lambda fn=fn, v=variables, x=inputs: (
+                    jax.block_until_ready(fn(v, *x)))
         sides[name] = side
         print(f"compiled {cell} {name}", flush=True)
     for r in range(rounds):
         for name in options if r % 2 == 0 else options[::-1]:
             side = sides[name]
-            side["train"] += timed(side["train_once"], steps)
+            if train:
+                side["train"] += timed(side["train_once"], steps)
             if utterance:
-                side["utterance"] += timed(side["infer_once"], 20)
+                side["utterance"] += timed(side["utterance_once"], 20)
+            if eval_batch:
+                side["eval"] += timed(side["eval_once"], steps)
     rows = []
     for name, side in sides.items():
         row = {"cell": cell, "options": name, "compiler_options": compiler_options(name),
-               "first_loss": side["first_loss"], "train": summary_ms(side["train"])}
-        if utterance:
-            row["utterance"] = summary_ms(side["utterance"])
+               "first_loss": side["first_loss"]}
+        row.update({kind: summary_ms(side[kind]) for kind, on in (
+            ("train", train), ("utterance", utterance), ("eval", eval_batch)) if on})
         rows.append(row)
     return rows
 
@@ -113,6 +120,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--utterance", action="store_true",
                         help="also time one utterance (batch 1, eval mode), 20 calls a round")
+    parser.add_argument("--eval", action="store_true",
+                        help="also time the eval forward of the whole batch, --steps a round")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="time only the eval forwards (the train step still runs twice)")
     parser.add_argument("--out", default=None, help="JSON path")
     args = parser.parse_args(argv)
 
@@ -120,20 +131,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for cell in args.cells:
         rows += measure_cell(cell, args.options, args.batch, args.rounds, args.steps,
-                             args.utterance)
+                             args.utterance, args.eval, not args.skip_train)
         print(json.dumps(rows[-len(args.options):]), flush=True)
     result = {"batch": args.batch, "rounds": args.rounds, "steps": args.steps,
               **run_meta(load_start), "rows": rows}
     print(f"\nload average start {load_start}, end {result['loadavg_end']}; fp32 matmul peak "
           f"{result['matmul_peak_gflops']:.0f} GFLOP/s")
-    print("| cell | options | train step ms (median, range) | one utterance ms | first loss |")
-    print("|---|---|---|---|---|")
+    print(f"| cell | options | train step ms (median, range) | one utterance ms | eval of "
+          f"{args.batch} ms | first loss |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        tr, utt = row["train"], row.get("utterance")
-        utt_text = (f"{utt['median_ms']:.2f} ({utt['min_ms']:.2f}-{utt['max_ms']:.2f})"
-                    if utt else "-")
-        print(f"| {row['cell']} | {row['options']} | {tr['median_ms']:.1f} ({tr['min_ms']:.1f}-"
-              f"{tr['max_ms']:.1f}) | {utt_text} | {row['first_loss']:.6f} |")
+        cols = [f"{row[k]['median_ms']:.2f} ({row[k]['min_ms']:.2f}-{row[k]['max_ms']:.2f})"
+                if k in row else "-" for k in ("train", "utterance", "eval")]
+        print(f"| {row['cell']} | {row['options']} | {' | '.join(cols)} | "
+              f"{row['first_loss']:.6f} |")
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return result

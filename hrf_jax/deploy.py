@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from hrf_jax.audio import MelSettings, load_audio, logmel_np, utterance_normalize
 from hrf_jax.reparam import count_params, merge_hrf, verify_equivalence
 from hrf_jax.run import DEPLOY_INFO, DEPLOY_VARIABLES, Run
+from hrf_jax.xla_options import eval_compiler_options
 
 
 def merge_run(workdir: str | Path, out: str | Path | None = None,
@@ -69,7 +70,8 @@ def features_for(path: str | Path, info: dict) -> np.ndarray:
 
 def predict_files(paths: list[str], model: Any, variables: dict, info: dict) -> list[dict]:
     """Emotion and class probabilities for each audio file (one forward per file)."""
-    apply = jax.jit(lambda v, f, m: jax.nn.softmax(model.apply(v, f, m, train=False), -1))
+    apply = jax.jit(lambda v, f, m: jax.nn.softmax(model.apply(v, f, m, train=False), -1),
+                    compiler_options=eval_compiler_options(model))
     out = []
     for path in paths:
         feats = features_for(path, info)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from hrf_jax.train import DataParallel, StepFn, TrainState, create_state, train_step_fn
-from hrf_jax.xla_options import train_compiler_options
+from hrf_jax.xla_options import eval_compiler_options, train_compiler_options
 
 
 def stack_states(states: Sequence[TrainState]) -> TrainState:
@@ -84,11 +84,14 @@ def make_population_step(
 
 
 def make_population_eval_step(
-    model: nn.Module, parallel: DataParallel
+    model: nn.Module, parallel: DataParallel, *, compiler_options: dict[str, str] | None = None
 ) -> Callable[[Any, Any, jax.Array, jax.Array], jax.Array]:
     """``eval_step(params, batch_stats, feats, mask) -> probabilities (K, B, C)``: every
     member, in eval mode, on the same batch ``feats (B, T, F)`` / ``mask (B, T)`` (the
-    members of one cell share their validation and test splits)."""
+    members of one cell share their validation and test splits). ``compiler_options`` as in
+    ``make_eval_step``."""
+    if compiler_options is None:
+        compiler_options = eval_compiler_options(model, parallel.platform)
 
     def one(params, batch_stats, feats, mask):
         logits = model.apply({"params": params, "batch_stats": batch_stats}, feats, mask,
@@ -99,4 +102,5 @@ def make_population_eval_step(
         jax.vmap(one, in_axes=(0, 0, None, None)),
         in_shardings=(parallel.batch, parallel.batch, parallel.replicated, parallel.replicated),
         out_shardings=parallel.batch,
+        compiler_options=compiler_options,
     )

@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from hrf_jax.xla_options import eval_compiler_options
+
 
 def compiled_flops(compiled: Any) -> float:
     """FLOPs of a ``jax.jit(...).lower(...).compile()`` result as XLA's cost analysis counts them
@@ -41,6 +43,7 @@ def forward_cost(model: Any, variables: dict, frames: int, feature_dim: int,
     fn = lambda v, f, m: model.apply(v, f, m, train=False)
     # on the device once: host (numpy) leaves would be copied in on every timed call
     variables, feats, mask = jax.device_put((variables, feats, mask))
-    compiled = jax.jit(fn).lower(variables, feats, mask).compile()
+    compiled = jax.jit(fn, compiler_options=eval_compiler_options(model)).lower(
+        variables, feats, mask).compile()
     return {"flops": compiled_flops(compiled),
             "latency_ms": median_latency_ms(compiled, variables, feats, mask, repeats=repeats)}

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hrf_jax.config import OPTIMIZERS, parse_lr_scale
 from hrf_jax.reparam import hrf_param_mask
 from hrf_jax.trees import key_path
-from hrf_jax.xla_options import train_compiler_options
+from hrf_jax.xla_options import eval_compiler_options, train_compiler_options
 
 Batch = dict[str, np.ndarray]
 
@@ -291,9 +291,13 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: nn.Module, parallel: DataParallel
+    model: nn.Module, parallel: DataParallel, *, compiler_options: dict[str, str] | None = None
 ) -> Callable[[Any, Any, jax.Array, jax.Array], jax.Array]:
-    """``eval_step(params, batch_stats, feats, mask) -> probabilities (B, C)`` in eval mode."""
+    """``eval_step(params, batch_stats, feats, mask) -> probabilities (B, C)`` in eval mode.
+    ``compiler_options``: ``None`` takes those the model asks for its inference on this
+    platform (``hrf_jax.xla_options``), ``{}`` XLA's defaults."""
+    if compiler_options is None:
+        compiler_options = eval_compiler_options(model, parallel.platform)
 
     def step(params, batch_stats, feats, mask):
         logits = model.apply(_variables(params, batch_stats), feats, mask, train=False)
@@ -303,6 +307,7 @@ def make_eval_step(
         step,
         in_shardings=(parallel.replicated, parallel.replicated, parallel.batch, parallel.batch),
         out_shardings=parallel.replicated,
+        compiler_options=compiler_options,
     )
 
 

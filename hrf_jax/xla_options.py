@@ -1,12 +1,15 @@
-"""XLA compiler options a model asks for its train step on CPU, where this jaxlib knows them.
+"""XLA compiler options a model asks for its train and eval steps on CPU, where this jaxlib
+knows them.
 
 Recent XLA CPU builds hand matmuls and also elementwise and reduce fusions to YNNPACK. For
 the SpeechFormer's local attention that costs: a YNNPACK fusion cannot read a shifted slice
 of the padded keys in place, so every window offset's keys are copied first. A train step
 compiled with matmul fusions only (``YNN_DOTS_ONLY``) ran 1.2-1.6x faster for every SpeechFormer
 size, with the same loss; the Conformer and ConvTransformer steps were unchanged to 12 % slower
-and one-utterance inference 15-30 % slower (BENCHMARKS.md, "Train steps with YNNPACK for
-matmuls only"), so a model opts in, for training only (its ``xla_cpu_train_options``).
+(BENCHMARKS.md, "Train steps with YNNPACK for matmuls only"), so a model opts in (its
+``xla_cpu_train_options``). Inference, one utterance or an eval batch, is another program:
+there YNNPACK off altogether (``NO_YNN``) was the fastest setting for the models that ask for
+it (their ``xla_cpu_eval_options``; BENCHMARKS.md, "Inference without YNNPACK").
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import numpy as np
 
 # dots, with the elementwise work around them, still go to YNNPACK; other fusions to XLA's own
 YNN_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+# no YNNPACK fusions: matmuls to Eigen, everything else to XLA's own emitters
+NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @functools.cache
@@ -33,10 +38,21 @@ def _known(options: tuple[tuple[str, str], ...]) -> bool:
     return True
 
 
-def train_compiler_options(model: Any, platform: str) -> dict[str, str]:
-    """The ``compiler_options`` of ``model``'s train step on ``platform``: the model's
-    ``xla_cpu_train_options`` on CPU when this jaxlib knows them, else none (XLA's defaults)."""
-    options = getattr(model, "xla_cpu_train_options", None)
+def _asked(model: Any, attribute: str, platform: str) -> dict[str, str]:
+    options = getattr(model, attribute, None)
     if platform != "cpu" or not options or not _known(tuple(sorted(options.items()))):
         return {}
     return dict(options)
+
+
+def train_compiler_options(model: Any, platform: str) -> dict[str, str]:
+    """The ``compiler_options`` of ``model``'s train step on ``platform``: the model's
+    ``xla_cpu_train_options`` on CPU when this jaxlib knows them, else none (XLA's defaults)."""
+    return _asked(model, "xla_cpu_train_options", platform)
+
+
+def eval_compiler_options(model: Any, platform: str | None = None) -> dict[str, str]:
+    """The ``compiler_options`` of ``model``'s inference (``train=False``) on ``platform``
+    (default: JAX's default backend): its ``xla_cpu_eval_options`` on CPU when this jaxlib
+    knows them, else none."""
+    return _asked(model, "xla_cpu_eval_options", platform or jax.default_backend())

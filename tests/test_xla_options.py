@@ -1,5 +1,5 @@
 """XLA compiler options per model: which steps get them, and that they change the compiled
-program but not what a train step computes."""
+program but not what a train or eval step computes."""
 
 import jax
 import numpy as np
@@ -7,36 +7,51 @@ import optax
 import pytest
 
 from hrf_jax.models import build_model
-from hrf_jax.train import DataParallel, create_state, make_train_step
-from hrf_jax.xla_options import YNN_DOTS_ONLY, _known, train_compiler_options
+from hrf_jax.train import DataParallel, create_state, make_eval_step, make_train_step
+from hrf_jax.xla_options import (
+    NO_YNN,
+    YNN_DOTS_ONLY,
+    _known,
+    eval_compiler_options,
+    train_compiler_options,
+)
 
 KNOWN = _known(tuple(sorted(YNN_DOTS_ONLY.items())))
+needs_ynn_option = pytest.mark.skipif(not KNOWN, reason="this jaxlib has no YNNPACK option")
 
 
 class _Asks:
     def __init__(self, options):
-        self.xla_cpu_train_options = options
+        self.xla_cpu_train_options = self.xla_cpu_eval_options = options
+
+
+def _light(backbone):
+    return build_model(backbone, "light", num_classes=4)
 
 
 def test_only_models_that_ask_get_options_and_only_on_cpu():
-    speechformer = build_model("speechformer", "light", num_classes=4)
+    speechformer = _light("speechformer")
     assert train_compiler_options(speechformer, "gpu") == {}
+    assert eval_compiler_options(speechformer, "gpu") == {}
     assert train_compiler_options(speechformer, "cpu") == (YNN_DOTS_ONLY if KNOWN else {})
     for backbone in ("conformer", "convtransformer"):
-        assert train_compiler_options(build_model(backbone, "light", num_classes=4), "cpu") == {}
+        assert train_compiler_options(_light(backbone), "cpu") == {}
+    for backbone in ("speechformer", "convtransformer"):
+        assert eval_compiler_options(_light(backbone), "cpu") == (NO_YNN if KNOWN else {})
+    assert eval_compiler_options(_light("conformer"), "cpu") == {}
 
 
 def test_options_this_jaxlib_does_not_know_fall_back_to_xla_defaults():
     assert train_compiler_options(_Asks({"xla_cpu_no_such_option": "1"}), "cpu") == {}
     bad_value = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_KIND"}
     assert train_compiler_options(_Asks(bad_value), "cpu") == {}
+    assert eval_compiler_options(_Asks(bad_value), "cpu") == {}
 
 
+@needs_ynn_option
 def test_options_change_the_program_not_the_step():
     """The SpeechFormer step with its options and the same step with XLA's defaults: equal
     loss and parameters after a step; with the options, fewer YNNPACK fusions."""
-    if not KNOWN:
-        pytest.skip("this jaxlib has no YNNPACK fusion option")
     model = build_model("speechformer", "light", num_classes=4, dropout=0.0, head_dropout=0.0,
                         num_layers=(1, 1, 1, 1))
     rng = np.random.default_rng(0)  # 100 frames, ragged: every stage has a real token
@@ -61,8 +76,31 @@ def test_options_change_the_program_not_the_step():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@needs_ynn_option
+@pytest.mark.parametrize("backbone", ["speechformer", "convtransformer"])
+def test_eval_options_change_the_program_not_the_probabilities(backbone):
+    """The eval step of each model that asks, with its options and with XLA's defaults, on a
+    ragged batch and on one utterance: the same probabilities; with them, no YNNPACK fusion."""
+    model = build_model(backbone, "light", num_classes=4, num_layers=(1, 1, 1, 1)
+                        if backbone == "speechformer" else 1)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((6, 100, 16)).astype(np.float32)
+    mask = np.arange(100)[None] < np.array([100, 31, 77, 100, 50, 64])[:, None]
+    variables = model.init(jax.random.PRNGKey(0), feats, mask)
+    parallel = DataParallel()
+    steps = [make_eval_step(model, parallel), make_eval_step(model, parallel, compiler_options={})]
+    for x, m in ((feats, mask), (feats[1:2], mask[1:2])):
+        x, m = parallel.put_batch({"feats": x, "mask": m}).values()
+        compiled = [s.lower(variables["params"], {}, x, m).compile() for s in steps]
+        assert "__ynn_fusion" not in compiled[0].as_text()
+        assert "__ynn_fusion" in compiled[1].as_text()
+        tuned, plain = (c(variables["params"], {}, x, m) for c in compiled)
+        np.testing.assert_allclose(tuned, plain, rtol=1e-5, atol=1e-6)
+
+
 def test_the_benchmark_measures_the_options_the_library_applies():
     from benchmarks.compiler_options import compiler_options
 
     assert compiler_options("dots") == YNN_DOTS_ONLY
+    assert compiler_options("none") == NO_YNN
     assert compiler_options("default") == {}

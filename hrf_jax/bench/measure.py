@@ -12,6 +12,7 @@ import numpy as np
 from hrf_jax.bench.variants import FEAT_DIM, build_variant, is_merged
 from hrf_jax.profiling import compiled_flops, median_latency_ms
 from hrf_jax.reparam import count_params, merge_hrf
+from hrf_jax.xla_options import eval_compiler_options
 
 
 def _utterance(frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +29,8 @@ def inference(backbone: str, variant: str, frames: int, repeats: int) -> dict[st
     if is_merged(variant):  # deploy the merged tree on the plain model
         variables = merge_hrf(variables)
         model = build_variant(backbone, "light")
-    fn = jax.jit(lambda v, x, m: model.apply(v, x, m, train=False))
+    fn = jax.jit(lambda v, x, m: model.apply(v, x, m, train=False),
+                 compiler_options=eval_compiler_options(model))
     compiled = fn.lower(variables, feats, mask).compile()
     return {"params": count_params(variables["params"]), "fwd_flops": compiled_flops(compiled),
             "latency_ms": median_latency_ms(compiled, variables, feats, mask,
@@ -40,7 +42,8 @@ def paired_latency(backbone: str, frames: int, repeats: int) -> dict[str, Any]:
     that drift on a shared machine hits both: the method's promise is a ratio of 1."""
     feats, mask = _utterance(frames)
     plain = build_variant(backbone, "light")
-    fn = jax.jit(lambda v, x, m: plain.apply(v, x, m, train=False))
+    fn = jax.jit(lambda v, x, m: plain.apply(v, x, m, train=False),
+                 compiler_options=eval_compiler_options(plain))
     trees = {"light": plain.init(jax.random.PRNGKey(0), feats, mask),
              "light_merged": merge_hrf(build_variant(backbone, "light_hrf4").init(
                  jax.random.PRNGKey(0), feats, mask))}

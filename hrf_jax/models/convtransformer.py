@@ -29,6 +29,7 @@ fairseq's second conv reads the first one's outputs on padding.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -46,6 +47,7 @@ from hrf_jax.models.torch_init import (
     torch_rule,
 )
 from hrf_jax.subsampling import ConvSubsampling
+from hrf_jax.xla_options import NO_YNN
 
 Array = jax.Array
 
@@ -121,6 +123,8 @@ class ConvTransformer(nn.Module):
     cfg: ConvTransformerConfig
     num_classes: int
     hrf: HRFSpec = HRFSpec()
+    # inference on CPU measured faster without YNNPACK fusions (hrf_jax.xla_options)
+    xla_cpu_eval_options: ClassVar[dict[str, str]] = NO_YNN
 
     @nn.compact
     def __call__(self, feats: Array, mask: Array, *, train: bool = False) -> Array:
