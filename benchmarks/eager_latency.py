@@ -54,13 +54,15 @@ def hrf_jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     from hrf_jax import convert
     from hrf_jax.profiling import median_latency_ms
+    from hrf_jax.xla_options import eval_compiler_options
 
     data = np.load(spec["npz"])
     state = {k.removeprefix("state_dict/"): data[k] for k in data.files
              if k.startswith("state_dict/")}
     converter = getattr(convert, MODELS[spec["model"]][2])
     model, variables = converter(state, num_heads=4, head=(data["head_weight"], data["head_bias"]))
-    forward = jax.jit(lambda v, x, m: model.apply(v, x, m))
+    forward = jax.jit(lambda v, x, m: model.apply(v, x, m),
+                      compiler_options=eval_compiler_options(model))
     x = data["x"]
     with jax.default_matmul_precision("highest"):  # part of jit's cache key: its own trace
         got = forward(variables, x, np.ones(x.shape[:2], bool))

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from hrf_jax.bench.variants import FEAT_DIM, NUM_CLASSES, build_variant
     from hrf_jax.hrf import HRFSpec
     from hrf_jax.train import DataParallel, create_state, make_train_step
+    from hrf_jax.xla_options import eval_compiler_options
 
     rng = np.random.default_rng(0)
     b, t = args.batch, args.frames
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 state, stats = step(state, placed)
                 jax.block_until_ready(stats)
             variables = {"params": jax.tree.map(jax.numpy.copy, state.params)}
-            infer = jax.jit(lambda v, f, m, model=model: model.apply(v, f, m, train=False))
+            infer = jax.jit(lambda v, f, m, model=model: model.apply(v, f, m, train=False),
+                            compiler_options=eval_compiler_options(model))
             jax.block_until_ready(infer(variables, *one))
             print(f"compiled {which} in {time.perf_counter() - t0:.1f} s", flush=True)
             cells[which] = {"step": step, "state": state, "infer": infer,
