@@ -19,40 +19,52 @@ Array = jax.Array
 # subsampling padding -> zeros added on each side of time and frequency before each conv
 PADDINGS = {"valid": 0, "same": 1}
 FLATTENS = ("freq_channel", "channel_freq")
+FORMS = ("conv", "im2col", "taps")
 
 
 class StridedConv3x3(nn.Module):
     """3x3 stride-2 ``Conv2d`` over ``(B, T, F, C)`` with ``nn.Conv``'s parameter tree.
 
     ``padding`` zeros on each side of time and frequency (0: VALID; 1: PyTorch's
-    ``padding=1``, ``ceil(T/2)`` outputs). ``im2col=True`` runs the conv as one matmul over
-    the nine strided taps: in a training step on CPU (forward and backward) one large matmul
-    beats XLA's small-channel convolution, whose gradients are slow (the one-channel first conv
-    too: a nine-deep matmul, about 5 ms off a Conformer light step at T=160, BENCHMARKS.md).
-    ``False`` (the default) keeps one convolution op: for export, and for inference where the
-    model measured it faster (``ConvSubsampling.inference_im2col``).
+    ``padding=1``, ``ceil(T/2)`` outputs). ``form`` is how it is traced, the same function
+    each time (``FORMS``):
+
+    - ``"conv"`` (the default): one convolution op, for export and where it measured fastest;
+    - ``"im2col"``: one matmul over the nine strided taps: in a training step on CPU
+      (forward and backward) one large matmul beats XLA's small-channel convolution, whose
+      gradients are slow (the one-channel first conv too: a nine-deep matmul, about 5 ms off
+      a Conformer light step at T=160, BENCHMARKS.md);
+    - ``"taps"`` (one input channel only): the nine strided taps times their kernel rows,
+      summed, which XLA fuses into one elementwise pass; in inference it beat both for the
+      front end's first conv (one utterance at T=651: 0.32 ms against 0.57-1.5 ms), while
+      its kernel gradient (nine reductions over the output) lost in training (3.2 against
+      1.7 ms for two utterances at T=160).
     """
 
     features: int
     padding: int = 0
 
     @nn.compact
-    def __call__(self, x: Array, im2col: bool = False) -> Array:
+    def __call__(self, x: Array, form: str = "conv") -> Array:
         c = x.shape[-1]
         init = nn.initializers.lecun_normal()
         kernel = self.param("kernel", init, (3, 3, c, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         p = self.padding
-        if not im2col:
+        if form not in FORMS or form == "taps" and c != 1:
+            raise ValueError(f"conv form must be one of {FORMS} ('taps' for one input channel), "
+                             f"got {form!r} for {c} channels")
+        if form == "conv":
             y = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((p, p), (p, p)),
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        else:
-            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-            t, f = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
-            taps = [x[:, i : i + 2 * t - 1 : 2, j : j + 2 * f - 1 : 2] for i in range(3)
-                    for j in range(3)]
-            y = jnp.concatenate(taps, axis=-1) @ kernel.reshape(9 * c, self.features)
-        return y + bias
+            return y + bias
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        t, f = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+        taps = [x[:, i : i + 2 * t - 1 : 2, j : j + 2 * f - 1 : 2] for i in range(3)
+                for j in range(3)]
+        if form == "taps":  # (B, t, f, 1) * (features,) per tap
+            return sum(tap * kernel[i // 3, i % 3, 0] for i, tap in enumerate(taps)) + bias
+        return jnp.concatenate(taps, axis=-1) @ kernel.reshape(9 * c, self.features) + bias
 
 
 class ConvSubsampling(nn.Module):
@@ -69,10 +81,12 @@ class ConvSubsampling(nn.Module):
     conv's border zeros are then exactly the zeros an unpadded utterance sees), so real outputs
     never depend on padding. Masks are read as prefixes (``lengths = mask.sum(-1)``).
 
-    The convs are im2col matmuls while training (``train=True``) and, with
-    ``inference_im2col``, in inference too; convolution ops otherwise and always under
-    ``hrf_jax.conv_ops.convolution_ops()`` (export). Which inference form is faster depends on
-    the shapes, so each model sets it from a measurement (BENCHMARKS.md, "One utterance").
+    The convs are im2col matmuls while training (``train=True``). In inference they are
+    im2col matmuls too with ``inference_im2col``; else the one-channel first conv is nine
+    fused multiply-adds (``"taps"``) and the second a convolution op. Which is faster depends
+    on the shapes, so each model sets it from a measurement (BENCHMARKS.md, "One
+    utterance"). Under ``hrf_jax.conv_ops.convolution_ops()`` (export) both are convolution
+    ops.
 
     ``train_chunk_bytes``: while training on CPU the batch runs through the front end in
     chunks (whole utterances, a divisor of the batch) whose first-conv output takes at most
@@ -102,19 +116,19 @@ class ConvSubsampling(nn.Module):
         if self.flatten not in FLATTENS:
             raise ValueError(f"subsampling flatten must be one of {FLATTENS}, "
                              f"got {self.flatten!r}")
-        im2col = (train or self.inference_im2col) and not use_convolution_ops()
+        forms = self.conv_forms(train)
         if not train or self.is_initializing():  # (export traces a symbolic time axis)
-            return self.front_end(x, mask, im2col)
+            return self.front_end(x, mask, forms)
         p = PADDINGS[self.padding]
         t, f = ((n + 2 * p - 3) // 2 + 1 for n in x.shape[1:3])
         per_chunk = chunk_size(x.shape[0], t * f * self.channels * x.dtype.itemsize,
                                self.train_chunk_bytes)
         if per_chunk == x.shape[0]:
-            return self.front_end(x, mask, im2col)
+            return self.front_end(x, mask, forms)
 
         def body(module: ConvSubsampling, carry: None, chunk: tuple[Array, Array]
                  ) -> tuple[None, tuple[Array, Array]]:
-            return carry, module.front_end(*chunk, im2col)
+            return carry, module.front_end(*chunk, forms)
 
         scan = nn.scan(nn.remat(body, prevent_cse=False), variable_broadcast="params",
                        split_rngs={"params": False})
@@ -123,15 +137,27 @@ class ConvSubsampling(nn.Module):
         _, (h, out_mask) = scan(self, None, chunks)
         return h.reshape(b, *h.shape[2:]), out_mask.reshape(b, -1)
 
+    def conv_forms(self, train: bool) -> tuple[str, str]:
+        """How the two convs are traced (``StridedConv3x3``'s ``form``)."""
+        if use_convolution_ops():
+            return "conv", "conv"
+        if train or self.inference_im2col:
+            return "im2col", "im2col"
+        # taps only before a convolution op: XLA fuses them into each of an im2col's nine
+        # slices, evaluating the first conv nine times (no faster for the Conformer, 1.3x
+        # its counted FLOPs)
+        return "taps", "conv"
+
     @nn.compact
-    def front_end(self, x: Array, mask: Array, im2col: bool) -> tuple[Array, Array]:
-        """The convs and the projection over ``x`` as one batch."""
+    def front_end(self, x: Array, mask: Array, forms: tuple[str, str]
+                  ) -> tuple[Array, Array]:
+        """The convs (traced as ``forms``) and the projection over ``x`` as one batch."""
         p = PADDINGS[self.padding]
         lengths = mask.sum(axis=-1)
         h = x[..., None]
         for i in range(2):
             h = zero_padding(h, mask)
-            h = StridedConv3x3(self.channels, p, name=f"conv_{i}")(h, im2col=im2col)
+            h = StridedConv3x3(self.channels, p, name=f"conv_{i}")(h, forms[i])
             h = nn.relu(h)
             # a conv padded by p is a VALID conv of the utterance padded to L + 2p
             lengths = lengths_after_conv(lengths + 2 * p)

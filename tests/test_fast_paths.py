@@ -85,7 +85,7 @@ def test_models_in_eval_mode_match_their_convolution_ops(backbone):
 
 
 @pytest.mark.parametrize(("backbone", "eval_convs", "export_convs"),
-                         [("conformer", 0, 3), ("convtransformer", 2, 2)])
+                         [("conformer", 0, 3), ("convtransformer", 1, 2)])
 def test_each_model_and_mode_traces_its_form(backbone, eval_convs, export_convs):
     model = build_model(backbone, "light", num_classes=4, num_layers=1)
     x, mask = _padded((1, 40, 16))
@@ -98,7 +98,8 @@ def test_each_model_and_mode_traces_its_form(backbone, eval_convs, export_convs)
 
     train = {"train": True, "mutable": ["batch_stats"]}
     assert convs(**train) == 0  # im2col subsampling (and banded depthwise conv)
-    # inference: the Conformer keeps im2col, the ConvTransformer its two convolution ops
+    # inference: the Conformer keeps im2col, the ConvTransformer's first conv is taps (one
+    # fused elementwise pass), its second a convolution op
     assert convs() == eval_convs
     with convolution_ops():  # export: one op per conv (the Conformer's depthwise conv too)
         assert convs() == export_convs

@@ -1,5 +1,6 @@
-"""StridedConv3x3, conv or im2col, is nn.Conv(3x3, stride 2, VALID or padding 1): same tree,
-init, output; ConvSubsampling's lengths follow its padding and padding never leaks."""
+"""StridedConv3x3 in each form (conv, im2col, one-channel taps) is nn.Conv(3x3, stride 2,
+VALID or padding 1): same tree, init, output and gradients; ConvSubsampling's lengths follow
+its padding and padding never leaks."""
 
 import flax.linen as nn
 import jax
@@ -7,13 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrf_jax.subsampling import ConvSubsampling, StridedConv3x3
+from hrf_jax.subsampling import FORMS, ConvSubsampling, StridedConv3x3
+
+SHAPES = [(2, 17, 12, 1), (2, 17, 12, 5), (1, 8, 7, 3), (3, 3, 3, 4), (1, 3, 4, 1)]
 
 
 @pytest.mark.parametrize("padding", [0, 1])
-@pytest.mark.parametrize("im2col", [True, False])
-@pytest.mark.parametrize("shape", [(2, 17, 12, 1), (2, 17, 12, 5), (1, 8, 7, 3), (3, 3, 3, 4)])
-def test_matches_flax_conv(shape, im2col, padding):
+@pytest.mark.parametrize(("shape", "form"), [(s, f) for s in SHAPES for f in FORMS
+                                             if f != "taps" or s[-1] == 1])
+def test_matches_flax_conv(shape, form, padding):
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     conv = nn.Conv(6, (3, 3), strides=(2, 2), padding=[(padding, padding)] * 2)
     ours = StridedConv3x3(6, padding)
@@ -29,12 +32,20 @@ def test_matches_flax_conv(shape, im2col, padding):
         with jax.default_matmul_precision("highest"):
             return jax.jit(lambda v, a: (fn(v, a), jax.grad(loss, (0, 1))(v, a)))(variables, x)
 
-    got, got_grads = output_and_grads(lambda v, a: ours.apply(v, a, im2col=im2col))
+    got, got_grads = output_and_grads(lambda v, a: ours.apply(v, a, form))
     want, want_grads = output_and_grads(conv.apply)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_taps_take_one_input_channel_and_forms_are_named():
+    x = jnp.ones((1, 9, 9, 2))
+    variables = StridedConv3x3(4).init(jax.random.PRNGKey(0), x)
+    for form in ("taps", "matmul"):
+        with pytest.raises(ValueError, match="form"):
+            StridedConv3x3(4).apply(variables, x, form)
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
