@@ -31,7 +31,7 @@ LIBRARY = "LIBRARY_FUSION_TYPE_"
 # name -> YNNPACK fusion kinds ("" = none: every op to XLA's own emitters and Eigen)
 YNN_KINDS = {"dots": "DOT", "individual_dots": "INDIVIDUAL_DOT",
              "dots+individual": "DOT,INDIVIDUAL_DOT", "dots+eltwise": "DOT,ELTWISE",
-             "dots+reduce": "DOT,REDUCE", "none": ""}
+             "dots+reduce": "DOT,REDUCE", "reduce": "REDUCE", "none": ""}
 
 
 def compiler_options(name: str) -> dict[str, str]:

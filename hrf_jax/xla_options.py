@@ -7,9 +7,11 @@ of the padded keys in place, so every window offset's keys are copied first. A t
 compiled with matmul fusions only (``YNN_DOTS_ONLY``) ran 1.2-1.6x faster for every SpeechFormer
 size, with the same loss; the Conformer and ConvTransformer steps were unchanged to 12 % slower
 (BENCHMARKS.md, "Train steps with YNNPACK for matmuls only"), so a model opts in (its
-``xla_cpu_train_options``). Inference, one utterance or an eval batch, is another program:
-there YNNPACK off altogether (``NO_YNN``) was the fastest setting for the models that ask for
-it (their ``xla_cpu_eval_options``; BENCHMARKS.md, "Inference without YNNPACK").
+``xla_cpu_train_options``). Inference, one utterance or an eval batch, is another program,
+where each model asks for the setting that measured fastest (its ``xla_cpu_eval_options``;
+BENCHMARKS.md, "Inference without most YNNPACK fusions"): YNNPACK for reductions only
+(``YNN_REDUCE_ONLY``), or, for the SpeechFormer, whose local attention's reductions read
+shifted slices, not at all (``NO_YNN``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 YNN_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 # no YNNPACK fusions: matmuls to Eigen, everything else to XLA's own emitters
 NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# reductions only (XLA's own row reductions, e.g. a softmax's max, ran as slow reduce-windows)
+YNN_REDUCE_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @functools.cache

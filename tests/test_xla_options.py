@@ -11,6 +11,7 @@ from hrf_jax.train import DataParallel, create_state, make_eval_step, make_train
 from hrf_jax.xla_options import (
     NO_YNN,
     YNN_DOTS_ONLY,
+    YNN_REDUCE_ONLY,
     _known,
     eval_compiler_options,
     train_compiler_options,
@@ -36,9 +37,10 @@ def test_only_models_that_ask_get_options_and_only_on_cpu():
     assert train_compiler_options(speechformer, "cpu") == (YNN_DOTS_ONLY if KNOWN else {})
     for backbone in ("conformer", "convtransformer"):
         assert train_compiler_options(_light(backbone), "cpu") == {}
-    for backbone in ("speechformer", "convtransformer"):
-        assert eval_compiler_options(_light(backbone), "cpu") == (NO_YNN if KNOWN else {})
-    assert eval_compiler_options(_light("conformer"), "cpu") == {}
+    wanted = {"speechformer": NO_YNN, "conformer": YNN_REDUCE_ONLY,
+              "convtransformer": YNN_REDUCE_ONLY}
+    for backbone, options in wanted.items():
+        assert eval_compiler_options(_light(backbone), "cpu") == (options if KNOWN else {})
 
 
 def test_options_this_jaxlib_does_not_know_fall_back_to_xla_defaults():
@@ -77,10 +79,10 @@ def test_options_change_the_program_not_the_step():
 
 
 @needs_ynn_option
-@pytest.mark.parametrize("backbone", ["speechformer", "convtransformer"])
+@pytest.mark.parametrize("backbone", ["speechformer", "conformer", "convtransformer"])
 def test_eval_options_change_the_program_not_the_probabilities(backbone):
-    """The eval step of each model that asks, with its options and with XLA's defaults, on a
-    ragged batch and on one utterance: the same probabilities; with them, no YNNPACK fusion."""
+    """Each model's eval step with its options and with XLA's defaults, on a ragged batch
+    and on one utterance: the same probabilities; with them, fewer YNNPACK fusions."""
     model = build_model(backbone, "light", num_classes=4, num_layers=(1, 1, 1, 1)
                         if backbone == "speechformer" else 1)
     rng = np.random.default_rng(0)
@@ -91,10 +93,11 @@ def test_eval_options_change_the_program_not_the_probabilities(backbone):
     steps = [make_eval_step(model, parallel), make_eval_step(model, parallel, compiler_options={})]
     for x, m in ((feats, mask), (feats[1:2], mask[1:2])):
         x, m = parallel.put_batch({"feats": x, "mask": m}).values()
-        compiled = [s.lower(variables["params"], {}, x, m).compile() for s in steps]
-        assert "__ynn_fusion" not in compiled[0].as_text()
-        assert "__ynn_fusion" in compiled[1].as_text()
-        tuned, plain = (c(variables["params"], {}, x, m) for c in compiled)
+        stats = variables.get("batch_stats", {})
+        compiled = [s.lower(variables["params"], stats, x, m).compile() for s in steps]
+        tuned_text, plain_text = (c.as_text() for c in compiled)
+        assert tuned_text.count("__ynn_fusion") < plain_text.count("__ynn_fusion")
+        tuned, plain = (c(variables["params"], stats, x, m) for c in compiled)
         np.testing.assert_allclose(tuned, plain, rtol=1e-5, atol=1e-6)
 
 
@@ -103,4 +106,5 @@ def test_the_benchmark_measures_the_options_the_library_applies():
 
     assert compiler_options("dots") == YNN_DOTS_ONLY
     assert compiler_options("none") == NO_YNN
+    assert compiler_options("reduce") == YNN_REDUCE_ONLY
     assert compiler_options("default") == {}
