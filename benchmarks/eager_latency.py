@@ -62,7 +62,7 @@ def hrf_jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
     converter = getattr(convert, MODELS[spec["model"]][2])
     model, variables = converter(state, num_heads=4, head=(data["head_weight"], data["head_bias"]))
     forward = jax.jit(lambda v, x, m: model.apply(v, x, m),
-                      compiler_options=eval_compiler_options(model))
+                      compiler_options=eval_compiler_options(model, utterance=True))
     x = data["x"]
     with jax.default_matmul_precision("highest"):  # part of jit's cache key: its own trace
         got = forward(variables, x, np.ones(x.shape[:2], bool))

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 jax.block_until_ready(stats)
             variables = {"params": jax.tree.map(jax.numpy.copy, state.params)}
             infer = jax.jit(lambda v, f, m, model=model: model.apply(v, f, m, train=False),
-                            compiler_options=eval_compiler_options(model))
+                            compiler_options=eval_compiler_options(model, utterance=True))
             jax.block_until_ready(infer(variables, *one))
             print(f"compiled {which} in {time.perf_counter() - t0:.1f} s", flush=True)
             cells[which] = {"step": step, "state": state, "infer": infer,

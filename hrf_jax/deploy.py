@@ -71,7 +71,7 @@ def features_for(path: str | Path, info: dict) -> np.ndarray:
 def predict_files(paths: list[str], model: Any, variables: dict, info: dict) -> list[dict]:
     """Emotion and class probabilities for each audio file (one forward per file)."""
     apply = jax.jit(lambda v, f, m: jax.nn.softmax(model.apply(v, f, m, train=False), -1),
-                    compiler_options=eval_compiler_options(model))
+                    compiler_options=eval_compiler_options(model, utterance=True))
     out = []
     for path in paths:
         feats = features_for(path, info)

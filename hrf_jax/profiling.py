@@ -43,7 +43,7 @@ def forward_cost(model: Any, variables: dict, frames: int, feature_dim: int,
     fn = lambda v, f, m: model.apply(v, f, m, train=False)
     # on the device once: host (numpy) leaves would be copied in on every timed call
     variables, feats, mask = jax.device_put((variables, feats, mask))
-    compiled = jax.jit(fn, compiler_options=eval_compiler_options(model)).lower(
-        variables, feats, mask).compile()
+    options = eval_compiler_options(model, utterance=True)
+    compiled = jax.jit(fn, compiler_options=options).lower(variables, feats, mask).compile()
     return {"flops": compiled_flops(compiled),
             "latency_ms": median_latency_ms(compiled, variables, feats, mask, repeats=repeats)}

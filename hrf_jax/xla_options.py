@@ -10,8 +10,10 @@ size, with the same loss; the Conformer and ConvTransformer steps were unchanged
 ``xla_cpu_train_options``). Inference, one utterance or an eval batch, is another program,
 where each model asks for the setting that measured fastest (its ``xla_cpu_eval_options``;
 BENCHMARKS.md, "Inference without most YNNPACK fusions"): YNNPACK for reductions only
-(``YNN_REDUCE_ONLY``), or, for the SpeechFormer, whose local attention's reductions read
-shifted slices, not at all (``NO_YNN``).
+(``YNN_REDUCE_ONLY``), or, for a batch through the SpeechFormer, whose local attention then
+sums over shifted slices, not at all (``NO_YNN``); one utterance takes the matmul form of that
+attention, and there the SpeechFormer also asks for reductions only
+(``xla_cpu_utterance_options``).
 """
 
 from __future__ import annotations
@@ -55,8 +57,14 @@ def train_compiler_options(model: Any, platform: str) -> dict[str, str]:
     return _asked(model, "xla_cpu_train_options", platform)
 
 
-def eval_compiler_options(model: Any, platform: str | None = None) -> dict[str, str]:
+def eval_compiler_options(model: Any, platform: str | None = None, *,
+                          utterance: bool = False) -> dict[str, str]:
     """The ``compiler_options`` of ``model``'s inference (``train=False``) on ``platform``
     (default: JAX's default backend): its ``xla_cpu_eval_options`` on CPU when this jaxlib
-    knows them, else none."""
-    return _asked(model, "xla_cpu_eval_options", platform or jax.default_backend())
+    knows them, else none. ``utterance``: a program that runs one utterance at a time
+    (batch 1: deployment, latency), which takes the model's ``xla_cpu_utterance_options``
+    where it has them."""
+    attribute = "xla_cpu_eval_options"
+    if utterance and hasattr(model, "xla_cpu_utterance_options"):
+        attribute = "xla_cpu_utterance_options"
+    return _asked(model, attribute, platform or jax.default_backend())

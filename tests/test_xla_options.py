@@ -41,6 +41,12 @@ def test_only_models_that_ask_get_options_and_only_on_cpu():
               "convtransformer": YNN_REDUCE_ONLY}
     for backbone, options in wanted.items():
         assert eval_compiler_options(_light(backbone), "cpu") == (options if KNOWN else {})
+    # one utterance: the SpeechFormer's own choice, the others their eval options
+    wanted["speechformer"] = YNN_REDUCE_ONLY
+    for backbone, options in wanted.items():
+        got = eval_compiler_options(_light(backbone), "cpu", utterance=True)
+        assert got == (options if KNOWN else {})
+    assert eval_compiler_options(_light("speechformer"), "gpu", utterance=True) == {}
 
 
 def test_options_this_jaxlib_does_not_know_fall_back_to_xla_defaults():

@@ -30,7 +30,7 @@ def inference(backbone: str, variant: str, frames: int, repeats: int) -> dict[st
         variables = merge_hrf(variables)
         model = build_variant(backbone, "light")
     fn = jax.jit(lambda v, x, m: model.apply(v, x, m, train=False),
-                 compiler_options=eval_compiler_options(model))
+                 compiler_options=eval_compiler_options(model, utterance=True))
     compiled = fn.lower(variables, feats, mask).compile()
     return {"params": count_params(variables["params"]), "fwd_flops": compiled_flops(compiled),
             "latency_ms": median_latency_ms(compiled, variables, feats, mask,
@@ -43,7 +43,7 @@ def paired_latency(backbone: str, frames: int, repeats: int) -> dict[str, Any]:
     feats, mask = _utterance(frames)
     plain = build_variant(backbone, "light")
     fn = jax.jit(lambda v, x, m: plain.apply(v, x, m, train=False),
-                 compiler_options=eval_compiler_options(plain))
+                 compiler_options=eval_compiler_options(plain, utterance=True))
     trees = {"light": plain.init(jax.random.PRNGKey(0), feats, mask),
              "light_merged": merge_hrf(build_variant(backbone, "light_hrf4").init(
                  jax.random.PRNGKey(0), feats, mask))}

@@ -51,7 +51,7 @@ from hrf_jax.hrf import HRFSpec
 from hrf_jax.layers import Dropout, EncoderLayer
 from hrf_jax.masking import masked_mean
 from hrf_jax.models.torch_init import drawn_at_init, hrf_dense_drawn_at_init, torch_rule
-from hrf_jax.xla_options import NO_YNN, YNN_DOTS_ONLY
+from hrf_jax.xla_options import NO_YNN, YNN_DOTS_ONLY, YNN_REDUCE_ONLY
 
 Array = jax.Array
 
@@ -205,10 +205,12 @@ class SpeechFormer(nn.Module):
     cfg: SpeechFormerConfig
     num_classes: int
     hrf: HRFSpec = HRFSpec()
-    # the local attention's shifted keys: its train step on CPU wants YNNPACK for dots only,
-    # its inference no YNNPACK at all (hrf_jax.xla_options)
+    # the local attention's shifted keys: on CPU its train step wants YNNPACK for dots only,
+    # a batch in inference no YNNPACK, one utterance (no shifted sums) reductions only
+    # (hrf_jax.xla_options)
     xla_cpu_train_options: ClassVar[dict[str, str]] = YNN_DOTS_ONLY
     xla_cpu_eval_options: ClassVar[dict[str, str]] = NO_YNN
+    xla_cpu_utterance_options: ClassVar[dict[str, str]] = YNN_REDUCE_ONLY
 
     def _dense(self, features: int, target: str, name: str) -> nn.Module:
         """``hrf.dense``, drawn as torch's nn.Linear at init under ``init="official"``."""
