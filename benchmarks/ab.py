@@ -47,6 +47,12 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
             "max_ms": float(ms.max()), "n": int(ms.size)}
 
 
+def ms_range(summary: Mapping[str, Any], digits: int = 2) -> str:
+    """A ``summary_ms`` as ``median (min-max)`` for the printed tables."""
+    return (f"{summary['median_ms']:.{digits}f} ({summary['min_ms']:.{digits}f}-"
+            f"{summary['max_ms']:.{digits}f})")
+
+
 def timed(fn: Any, n: int) -> list[float]:
     """Seconds of ``n`` calls of ``fn`` (which blocks until its result is ready)."""
     out = []

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.ab import run_meta, summary_ms, timed
+from benchmarks.ab import ms_range, run_meta, summary_ms, timed
 from hrf_jax.hugepages import exec_with_hugepages
 
 KIND = "xla_cpu_experimental_ynn_fusion_type"
@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.batch} ms | first loss |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        cols = [f"{row[k]['median_ms']:.2f} ({row[k]['min_ms']:.2f}-{row[k]['max_ms']:.2f})"
-                if k in row else "-" for k in ("train", "utterance", "eval")]
+        cols = [ms_range(row[k]) if k in row else "-" for k in ("train", "utterance", "eval")]
         print(f"| {row['cell']} | {row['options']} | {' | '.join(cols)} | "
               f"{row['first_loss']:.6f} |")
     if args.out:

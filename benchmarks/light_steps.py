@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.ab import load_baseline_modules, run_meta, summary_ms
+from benchmarks.ab import load_baseline_modules, ms_range, run_meta, summary_ms
 from hrf_jax.hugepages import exec_with_hugepages
 
 BACKBONES = ("conformer", "convtransformer")
@@ -125,10 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("| model | T | baseline ms (median, range) | current ms (median, range) | speed-up |")
     print("|---|---|---|---|---|")
     for row in rows:
-        a, b = row["baseline"], row["current"]
-        print(f"| {row['backbone']} light | {row['frames']} | {a['median_ms']:.0f} "
-              f"({a['min_ms']:.0f}-{a['max_ms']:.0f}) | {b['median_ms']:.0f} "
-              f"({b['min_ms']:.0f}-{b['max_ms']:.0f}) | {row['speedup']:.2f}x |")
+        a, b = (ms_range(row[k], 0) for k in ("baseline", "current"))
+        print(f"| {row['backbone']} light | {row['frames']} | {a} | {b} | {row['speedup']:.2f}x |")
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return result

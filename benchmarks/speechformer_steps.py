@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.ab import load_baseline_modules, run_meta, summary_ms, timed
+from benchmarks.ab import load_baseline_modules, ms_range, run_meta, summary_ms, timed
 from hrf_jax.hugepages import exec_with_hugepages
 
 # module name -> file; loaded in this order, each importing the baseline copies before it
@@ -120,10 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("|---|---|---|---|")
     labels = {"train": f"train step b{b} T={t}", "utterance": f"one utterance T={t}"}
     for row in rows:
-        a, c = row["baseline"], row["current"]
-        print(f"| {labels[row['measure']]} | {a['median_ms']:.2f} ({a['min_ms']:.2f}-"
-              f"{a['max_ms']:.2f}) | {c['median_ms']:.2f} ({c['min_ms']:.2f}-{c['max_ms']:.2f})"
-              f" | {row['speedup']:.2f}x |")
+        a, c = (ms_range(row[k]) for k in ("baseline", "current"))
+        print(f"| {labels[row['measure']]} | {a} | {c} | {row['speedup']:.2f}x |")
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return result
