@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from hrf_jax.conv_ops import use_convolution_ops
 from hrf_jax.masking import length_mask, lengths_after_conv, zero_padding
@@ -20,6 +21,8 @@ Array = jax.Array
 PADDINGS = {"valid": 0, "same": 1}
 FLATTENS = ("freq_channel", "channel_freq")
 FORMS = ("conv", "im2col", "taps")
+SAVED_IN_CHUNKS = "subsampling_conv_1"  # what a training chunk's backward pass keeps
+CHUNK_REMAT_POLICY = jax.checkpoint_policies.save_only_these_names(SAVED_IN_CHUNKS)
 
 
 class StridedConv3x3(nn.Module):
@@ -90,15 +93,15 @@ class ConvSubsampling(nn.Module):
 
     ``train_chunk_bytes``: while training on CPU the batch runs through the front end in
     chunks (whole utterances, a divisor of the batch) whose first-conv output takes at most
-    this many bytes, one chunk after another, each recomputed in the backward pass
-    (``nn.scan`` of ``nn.remat``). The front end's tensors are the largest of a light
-    model's step (a first-conv output and the second conv's patches of tens of MB at batch
-    32), and on a CPU their passes run at memory speed; a chunk's tensors fit in cache
-    (BENCHMARKS.md, "Chunked front end"). Where one utterance alone exceeds the budget (the
-    large models' 144-256 channels), chunks would not fit and measured slower, so the batch
-    runs at once. The function and its gradients are the unchunked ones up to float
-    rounding; ``0`` turns chunking off. Accelerators never chunk: chunks would serialise work
-    a GPU runs in parallel (not measured there).
+    this many bytes, one chunk after another (``nn.scan`` of ``nn.remat``): the backward pass
+    keeps each chunk's second-conv output and recomputes the rest. The front end's tensors
+    are the largest of a light model's step (a first-conv output and the second conv's
+    patches of tens of MB at batch 32), and on a CPU their passes run at memory speed; a
+    chunk's tensors fit in cache (BENCHMARKS.md, "Chunked front end"). Where one utterance
+    alone exceeds the budget (the large models' 144-256 channels), chunks would not fit and
+    measured slower, so the batch runs at once. The function and its gradients are the
+    unchunked ones up to float rounding; ``0`` turns chunking off. Accelerators never chunk:
+    chunks would serialise work a GPU runs in parallel (not measured there).
     """
 
     channels: int
@@ -128,10 +131,12 @@ class ConvSubsampling(nn.Module):
 
         def body(module: ConvSubsampling, carry: None, chunk: tuple[Array, Array]
                  ) -> tuple[None, tuple[Array, Array]]:
-            return carry, module.front_end(*chunk, forms)
+            return carry, module.front_end(*chunk, forms, in_chunk=True)
 
-        scan = nn.scan(nn.remat(body, prevent_cse=False), variable_broadcast="params",
-                       split_rngs={"params": False})
+        # the backward pass keeps each chunk's second-conv output and recomputes the rest: the
+        # first conv (few FLOPs, the largest output), patches, ReLUs, masks (BENCHMARKS.md)
+        scan = nn.scan(nn.remat(body, prevent_cse=False, policy=CHUNK_REMAT_POLICY),
+                       variable_broadcast="params", split_rngs={"params": False})
         b, n = x.shape[0], x.shape[0] // per_chunk
         chunks = (x.reshape(n, per_chunk, *x.shape[1:]), mask.reshape(n, per_chunk, -1))
         _, (h, out_mask) = scan(self, None, chunks)
@@ -149,15 +154,18 @@ class ConvSubsampling(nn.Module):
         return "taps", "conv"
 
     @nn.compact
-    def front_end(self, x: Array, mask: Array, forms: tuple[str, str]
-                  ) -> tuple[Array, Array]:
-        """The convs (traced as ``forms``) and the projection over ``x`` as one batch."""
+    def front_end(self, x: Array, mask: Array, forms: tuple[str, str], *,
+                  in_chunk: bool = False) -> tuple[Array, Array]:
+        """The convs (traced as ``forms``) and the projection over ``x`` as one batch;
+        ``in_chunk`` names the second conv's output for a training chunk's backward pass."""
         p = PADDINGS[self.padding]
         lengths = mask.sum(axis=-1)
         h = x[..., None]
         for i in range(2):
             h = zero_padding(h, mask)
             h = StridedConv3x3(self.channels, p, name=f"conv_{i}")(h, forms[i])
+            if in_chunk and i == 1:
+                h = checkpoint_name(h, SAVED_IN_CHUNKS)
             h = nn.relu(h)
             # a conv padded by p is a VALID conv of the utterance padded to L + 2p
             lengths = lengths_after_conv(lengths + 2 * p)

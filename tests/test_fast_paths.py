@@ -128,6 +128,15 @@ def test_chunked_training_front_end_is_the_whole_batch(padding):
     _assert_close(_outputs_and_grads(train(chunked), variables, x),
                   _outputs_and_grads(train(whole), variables, x))
 
+    # the chunks' backward pass recomputes the first conv's matmul, not the second's: one dot
+    # more in the gradient's program than unchunked (two when each chunk's forward ran again)
+    def dots(module):
+        loss = lambda v: train(module)(v, x).sum()  # noqa: E731
+        return str(jax.make_jaxpr(jax.grad(loss))(variables)).count("dot_general")
+
+    assert dots(whole) == 8
+    assert dots(chunked) == 9
+
 
 def test_chunk_size_divides_the_batch_and_stays_off_accelerators(monkeypatch):
     mib = 2**20
