@@ -134,7 +134,8 @@ class ConvSubsampling(nn.Module):
             return carry, module.front_end(*chunk, forms, in_chunk=True)
 
         # the backward pass keeps each chunk's second-conv output and recomputes the rest: the
-        # first conv (few FLOPs, the largest output), patches, ReLUs, masks (BENCHMARKS.md)
+        # first conv (few FLOPs, the largest output), patches, ReLUs, masks (BENCHMARKS.md, "What
+        # a chunk's backward pass keeps")
         scan = nn.scan(nn.remat(body, prevent_cse=False, policy=CHUNK_REMAT_POLICY),
                        variable_broadcast="params", split_rngs={"params": False})
         b, n = x.shape[0], x.shape[0] // per_chunk
